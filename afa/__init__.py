@@ -1,0 +1,11 @@
+"""afa: imputation, arbitrary conditional likelihoods and active feature acquisition."""
+
+import logging
+
+from afa.exceptions import TrainingDivergedError
+from afa.impute import PosteriorMatchingImputer
+
+__version__ = "0.1.0"
+__all__ = ["PosteriorMatchingImputer", "TrainingDivergedError", "__version__"]
+
+logging.getLogger(__name__).addHandler(logging.NullHandler())

@@ -1,0 +1,33 @@
+"""Devices, generators and array <-> tensor conversion."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+__all__ = ["resolve_device", "to_tensor", "standard_normal"]
+
+
+def resolve_device(name: str) -> torch.device:
+    """Map ``"auto"``, ``"cpu"`` or ``"cuda"`` (optionally ``"cuda:1"``) to a device.
+
+    ``"auto"`` picks CUDA when it is available. Asking for CUDA without it is an error.
+    """
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if not isinstance(name, str) or name.split(":")[0] not in {"cpu", "cuda"}:
+        raise ValueError(f"device must be 'auto', 'cpu' or 'cuda'; got {name!r}.")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"device={name!r} was requested but CUDA is not available here.")
+    return torch.device(name)
+
+
+def to_tensor(array: np.ndarray, device: torch.device) -> torch.Tensor:
+    """Copy ``array`` into a float32 tensor on ``device`` (safe for read-only arrays)."""
+    return torch.tensor(np.asarray(array, dtype=np.float32), device=device)
+
+
+def standard_normal(shape: tuple[int, ...], seed: int, device: torch.device) -> torch.Tensor:
+    """Standard-normal noise from a local generator seeded with ``seed`` (drawn on the CPU)."""
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randn(shape, generator=generator).to(device)

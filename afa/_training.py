@@ -1,0 +1,185 @@
+"""The one training loop every afa model goes through.
+
+A model only has to offer ``loss(x, mask, generator, kl_weight) -> (loss, terms)``; this
+module owns batching, the optimiser, the learning-rate and KL schedules, validation, early
+stopping, the history and the progress bar.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from afa.exceptions import TrainingDivergedError
+
+__all__ = ["TrainingSettings", "Trainer", "kl_weight_schedule"]
+
+logger = logging.getLogger(__name__)
+
+_VALIDATION_SEED_OFFSET = 7_919
+
+
+@dataclass(frozen=True)
+class TrainingSettings:
+    """Everything the loop needs to know; built by an estimator from its parameters."""
+
+    max_iter: int
+    batch_size: int
+    learning_rate_init: float
+    weight_decay: float
+    learning_rate_decay: float
+    early_stopping: bool
+    n_iter_no_change: int
+    tol: float
+    kl_schedule: str
+    verbose: bool
+
+
+def kl_weight_schedule(kind: str, max_iter: int) -> Callable[[int], float]:
+    """Return ``epoch -> β``.
+
+    ``"constant"`` keeps β = 1. ``"cyclical"`` runs four cycles over ``max_iter`` epochs; each
+    ramps β linearly from 0 to 1 over its first half and holds 1 over its second half.
+    """
+    if kind == "constant":
+        return lambda epoch: 1.0
+    if kind == "cyclical":
+        period = max(2, math.ceil(max_iter / 4))
+        return lambda epoch: min(1.0, 2.0 * (epoch % period) / period)
+    raise ValueError(f"Unknown kl_schedule {kind!r}; choose 'constant' or 'cyclical'.")
+
+
+def _parameter_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    matrices = [p for p in model.parameters() if p.ndim >= 2]
+    others = [p for p in model.parameters() if p.ndim < 2]
+    return [
+        {"params": matrices, "weight_decay": weight_decay},
+        {"params": others, "weight_decay": 0.0},
+    ]
+
+
+class Trainer:
+    """Trains one model, epoch by epoch, and records its history.
+
+    Parameters
+    ----------
+    model : nn.Module
+        Has ``loss(x, mask, generator, kl_weight)``.
+    settings : TrainingSettings
+    seed : int
+        Base seed; epoch ``e`` draws its batches and masks from ``seed + e``.
+    history : dict of list, optional
+        History to continue (``warm_start``); the epoch count continues from its length.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        settings: TrainingSettings,
+        seed: int,
+        history: dict[str, list[float]] | None = None,
+    ) -> None:
+        self.model = model
+        self.settings = settings
+        self.seed = seed
+        self.history: dict[str, list[float]] = copy.deepcopy(history) if history else {}
+        self.optimizer = torch.optim.AdamW(
+            _parameter_groups(model, settings.weight_decay),
+            lr=settings.learning_rate_init,
+            fused=True,
+        )
+        self.kl_weight = kl_weight_schedule(settings.kl_schedule, settings.max_iter)
+
+    @property
+    def epoch(self) -> int:
+        """Number of epochs run so far (across ``fit`` and ``partial_fit`` calls)."""
+        return len(self.history.get("loss", []))
+
+    def _device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def run_epoch(self, x: torch.Tensor, mask: torch.Tensor) -> dict[str, float]:
+        """One pass over ``(x, mask)`` in shuffled mini-batches; returns the epoch's means."""
+        device = self._device()
+        generator = torch.Generator(device=device).manual_seed(self.seed + self.epoch)
+        learning_rate = self.settings.learning_rate_init * self.settings.learning_rate_decay ** self.epoch
+        for group in self.optimizer.param_groups:
+            group["lr"] = learning_rate
+        kl_weight = self.kl_weight(self.epoch)
+        self.model.train()
+        totals: dict[str, float] = {}
+        order = torch.randperm(x.shape[0], generator=generator, device=device)
+        for batch in order.split(self.settings.batch_size):
+            loss, terms = self.model.loss(x[batch], mask[batch], generator, kl_weight)
+            if not torch.isfinite(loss):
+                raise TrainingDivergedError(
+                    f"The training loss became {float(loss)} in epoch {self.epoch + 1}. "
+                    "Try a smaller learning_rate_init, a larger batch_size or a larger "
+                    "weight_decay, and check the data for extreme outliers."
+                )
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self.optimizer.step()
+            for name, value in {"loss": float(loss.detach()), **terms}.items():
+                totals[name] = totals.get(name, 0.0) + value * len(batch)
+        means = {name: total / x.shape[0] for name, total in totals.items()}
+        return {**means, "kl_weight": kl_weight, "learning_rate": learning_rate}
+
+    @torch.no_grad()
+    def validation_loss(self, x: torch.Tensor, mask: torch.Tensor) -> float:
+        """Loss on held-out rows with β = 1 and the same masks at every call."""
+        generator = torch.Generator(device=self._device()).manual_seed(
+            self.seed + _VALIDATION_SEED_OFFSET
+        )
+        self.model.eval()
+        total = 0.0
+        for start in range(0, x.shape[0], self.settings.batch_size):
+            rows = slice(start, start + self.settings.batch_size)
+            loss, _ = self.model.loss(x[rows], mask[rows], generator, 1.0)
+            total += float(loss) * x[rows].shape[0]
+        return total / x.shape[0]
+
+    def _record(self, values: dict[str, float]) -> None:
+        for name, value in values.items():
+            self.history.setdefault(name, []).append(value)
+
+    def fit(
+        self,
+        train: tuple[torch.Tensor, torch.Tensor],
+        validation: tuple[torch.Tensor, torch.Tensor] | None,
+        n_epochs: int,
+    ) -> None:
+        """Run up to ``n_epochs`` epochs, stopping early on the validation loss if asked.
+
+        With early stopping, the weights of the best validation epoch are restored at the end.
+        """
+        use_validation = validation is not None and validation[0].shape[0] > 0
+        best_loss, best_state, stale_epochs = math.inf, None, 0
+        progress = tqdm(total=n_epochs, disable=not self.settings.verbose, desc="afa", unit="epoch")
+        for _ in range(n_epochs):
+            values = self.run_epoch(*train)
+            if use_validation:
+                values["val_loss"] = self.validation_loss(*validation)
+            self._record(values)
+            progress.set_postfix({k: f"{values[k]:.4g}" for k in ("loss", "val_loss") if k in values})
+            progress.update()
+            if not (use_validation and self.settings.early_stopping):
+                continue
+            if values["val_loss"] < best_loss - self.settings.tol:
+                best_loss, stale_epochs = values["val_loss"], 0
+                best_state = copy.deepcopy(self.model.state_dict())
+            else:
+                stale_epochs += 1
+                if stale_epochs >= self.settings.n_iter_no_change:
+                    logger.info("Early stopping after %d epochs.", self.epoch)
+                    break
+        progress.close()
+        if best_state is not None:
+            self.model.load_state_dict(best_state)

@@ -1,0 +1,652 @@
+"""scikit-learn estimators for imputation and arbitrary conditional likelihoods."""
+
+from __future__ import annotations
+
+import copy
+import math
+import numbers
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import pandas as pd
+import torch
+from sklearn.base import BaseEstimator, OneToOneFeatureMixin, TransformerMixin
+from sklearn.utils import check_random_state
+from sklearn.utils._missing import is_scalar_nan
+from sklearn.utils.validation import check_is_fitted, validate_data
+
+from afa._torch import resolve_device, standard_normal, to_tensor
+from afa._training import Trainer, TrainingSettings
+from afa.masks import TRAINING_MASKS
+from afa.models import PosteriorMatchingVAE
+from afa.posteriors import POSTERIOR_FAMILIES
+
+__all__ = ["PosteriorMatchingImputer"]
+
+_NOISE_ELEMENTS_PER_CHUNK = 2**17  # rows x samples x features processed at once at inference
+_SCORE_MASK_SEED = 0  # score() hides the same entries for every estimator: comparable scores
+
+
+@dataclass(frozen=True)
+class _Capacity:
+    """Size-dependent choices behind the ``"auto"`` parameters."""
+
+    latent_dim: int
+    hidden_layer_sizes: tuple[int, ...]
+    dropout: float
+    weight_decay: float
+    batch_size: int
+    max_iter: int
+
+
+def _auto_capacity(n_rows: int, n_features: int) -> _Capacity:
+    """Capacity, regularisation and training length for a table of ``n_rows x n_features``.
+
+    Small tables get narrow, regularised networks trained for many epochs; large tables get
+    wide networks and fewer epochs, aiming at about 20,000 optimiser steps in all.
+    """
+    width = 64 if n_rows < 2_000 else 128 if n_rows < 20_000 else 256
+    batch_size = int(min(512, max(32, 2 ** round(math.log2(max(n_rows, 1) / 32)))))
+    steps_per_epoch = max(1, math.ceil(n_rows / batch_size))
+    return _Capacity(
+        latent_dim=int(min(32, max(2, n_features))),
+        hidden_layer_sizes=(width, width),
+        dropout=0.1 if n_rows < 5_000 else 0.0,
+        weight_decay=1e-2 if n_rows < 5_000 else 1e-4,
+        batch_size=batch_size,
+        max_iter=int(min(1_000, max(30, 20_000 // steps_per_epoch))),
+    )
+
+
+def _missing_mask(X: np.ndarray, missing_values: float) -> np.ndarray:
+    """Boolean mask, True where ``X`` holds an observed value."""
+    if is_scalar_nan(missing_values):
+        return ~np.isnan(X)
+    return X != missing_values
+
+
+def _check_numeric_columns(X: object) -> None:
+    if isinstance(X, pd.DataFrame):
+        bad = [str(c) for c, dtype in X.dtypes.items() if not pd.api.types.is_numeric_dtype(dtype)]
+        if bad:
+            raise ValueError(
+                f"Non-numeric columns {bad}: afa models numeric features only; encode "
+                "categorical columns as numbers first."
+            )
+
+
+def _describe_rows(rows: np.ndarray, limit: int = 10) -> str:
+    shown = ", ".join(str(int(r)) for r in rows[:limit])
+    return f"[{shown}{', ...' if len(rows) > limit else ''}] ({len(rows)} rows)"
+
+
+class PosteriorMatchingImputer(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
+    """Impute and score any conditional ``p(x_u | x_o)`` with a Posterior-Matching VAE.
+
+    A VAE (full-covariance Gaussian encoder, residual-MLP decoder) is trained jointly with a
+    partial posterior ``q(z | x_o)`` that matches the encoder's posterior for random subsets
+    of observed features (Strauss & Oliva, 2022). Imputation averages decoder means under
+    ``q(z | x_o)``; conditional log-likelihoods are importance sampled.
+
+    Parameters
+    ----------
+    latent_dim : int or "auto", default="auto"
+        Latent dimension; ``"auto"`` uses the number of features, clipped to [2, 32].
+    posterior : {"autoregressive", "gaussian", "flow", "spline"}, default="autoregressive"
+        Family of ``q(z | x_o)``: a MADE mixture of Gaussians, a full-covariance Gaussian, a
+        conditional masked affine autoregressive flow, or a rational-quadratic spline flow.
+    likelihood : {"gaussian", "bernoulli"}, default="gaussian"
+        Decoder likelihood. ``"gaussian"`` learns one scale per feature; ``"bernoulli"`` is for
+        data in [0, 1] and is fitted on the raw values (no standardisation).
+    hidden_layer_sizes : tuple of int or "auto", default="auto"
+        Widths of the residual blocks of every network; ``"auto"`` uses two blocks of 64, 128
+        or 256 units as the table grows.
+    dropout : float or "auto", default="auto"
+        Dropout inside the residual blocks; ``"auto"`` is 0.1 below 5,000 rows, else 0.
+    pm_weight : float, default=1.0
+        Weight of the Posterior Matching term in the loss.
+    stop_gradient : bool, default=True
+        Stop the PM gradient at the encoder sample, so PM trains only ``q(z | x_o)``.
+    training_mask : {"bernoulli", "uniform"}, default="bernoulli"
+        How training masks are drawn each step: every entry observed with probability 0.5,
+        or ``k ~ U{0..d-1}`` entries observed. Entries missing in the data stay missing.
+    kl_schedule : {"constant", "cyclical"}, default="constant"
+        KL weight over epochs: 1 throughout, or four linear 0-to-1 ramps.
+    max_iter : int or "auto", default="auto"
+        Maximum number of epochs; ``"auto"`` aims at about 20,000 optimiser steps.
+    batch_size : int or "auto", default="auto"
+        Rows per step; ``"auto"`` is about ``n_rows / 32``, clipped to [32, 512].
+    learning_rate_init : float, default=1e-3
+        Adam's initial learning rate.
+    learning_rate_decay : float, default=0.1
+        Factor by which the learning rate falls over ``max_iter`` epochs (exponentially).
+    weight_decay : float or "auto", default="auto"
+        Decoupled weight decay on weight matrices; ``"auto"`` is 1e-2 below 5,000 rows and
+        1e-4 above.
+    early_stopping : bool, default=True
+        Hold out ``validation_fraction`` of the rows and stop when their loss stalls; the best
+        epoch's weights are kept.
+    validation_fraction : float, default=0.1
+    n_iter_no_change : int, default=20
+        Epochs without improvement before stopping.
+    tol : float, default=1e-4
+        Minimum decrease of the validation loss that counts as an improvement.
+    n_samples : int, default=100
+        Latent samples for ``transform`` and importance samples for ``score_conditional``.
+    missing_values : float, default=np.nan
+        Marker of a missing entry.
+    device : {"auto", "cpu", "cuda"}, default="auto"
+    random_state : int, RandomState or None, default=None
+        Seeds training, the validation split and the inference noise.
+    verbose : bool, default=False
+        Show a progress bar over epochs.
+    warm_start : bool, default=False
+        Continue training the current model in ``fit`` instead of starting afresh.
+
+    Attributes
+    ----------
+    model_ : PosteriorMatchingVAE
+        The trained torch model (on standardised data).
+    mean_, scale_ : ndarray of shape (n_features_in_,)
+        Standardisation applied before the model.
+    hyperparameters_ : dict
+        The resolved values of every ``"auto"`` parameter.
+    n_iter_ : int
+        Epochs trained.
+    loss_curve_ : list of float
+        Mean training loss per epoch.
+    history_ : dict of list
+        Per-epoch training loss, ELBO, KL, PM loss, KL weight, learning rate and
+        validation loss.
+    n_features_in_ : int
+    feature_names_in_ : ndarray of str
+        Only when fitted on a DataFrame with string column names.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from afa import PosteriorMatchingImputer
+    >>> rng = np.random.default_rng(0)
+    >>> X = rng.normal(size=(200, 3)) @ [[1, 0.5, 0], [0, 1, 0.5], [0, 0, 1]]
+    >>> imp = PosteriorMatchingImputer(max_iter=5, random_state=0).fit(X)
+    >>> X_nan = X[:4].copy(); X_nan[0, 1] = np.nan
+    >>> imp.transform(X_nan).shape
+    (4, 3)
+    """
+
+    def __init__(
+        self,
+        *,
+        latent_dim: int | str = "auto",
+        posterior: str = "autoregressive",
+        likelihood: str = "gaussian",
+        hidden_layer_sizes: tuple[int, ...] | str = "auto",
+        dropout: float | str = "auto",
+        pm_weight: float = 1.0,
+        stop_gradient: bool = True,
+        training_mask: str = "bernoulli",
+        kl_schedule: str = "constant",
+        max_iter: int | str = "auto",
+        batch_size: int | str = "auto",
+        learning_rate_init: float = 1e-3,
+        learning_rate_decay: float = 0.1,
+        weight_decay: float | str = "auto",
+        early_stopping: bool = True,
+        validation_fraction: float = 0.1,
+        n_iter_no_change: int = 20,
+        tol: float = 1e-4,
+        n_samples: int = 100,
+        missing_values: float = np.nan,
+        device: str = "auto",
+        random_state: int | np.random.RandomState | None = None,
+        verbose: bool = False,
+        warm_start: bool = False,
+    ) -> None:
+        self.latent_dim = latent_dim
+        self.posterior = posterior
+        self.likelihood = likelihood
+        self.hidden_layer_sizes = hidden_layer_sizes
+        self.dropout = dropout
+        self.pm_weight = pm_weight
+        self.stop_gradient = stop_gradient
+        self.training_mask = training_mask
+        self.kl_schedule = kl_schedule
+        self.max_iter = max_iter
+        self.batch_size = batch_size
+        self.learning_rate_init = learning_rate_init
+        self.learning_rate_decay = learning_rate_decay
+        self.weight_decay = weight_decay
+        self.early_stopping = early_stopping
+        self.validation_fraction = validation_fraction
+        self.n_iter_no_change = n_iter_no_change
+        self.tol = tol
+        self.n_samples = n_samples
+        self.missing_values = missing_values
+        self.device = device
+        self.random_state = random_state
+        self.verbose = verbose
+        self.warm_start = warm_start
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.input_tags.allow_nan = is_scalar_nan(self.missing_values)
+        tags.transformer_tags.preserves_dtype = ["float64", "float32"]
+        return tags
+
+    # ------------------------------------------------------------------ parameters
+    def _check_params(self) -> None:
+        def positive_int_or_auto(name: str) -> None:
+            value = getattr(self, name)
+            if value == "auto" and isinstance(value, str):
+                return
+            if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"{name} must be a positive integer or 'auto'; got {value!r}.")
+
+        def choice(name: str, options) -> None:
+            if getattr(self, name) not in options:
+                raise ValueError(
+                    f"{name} must be one of {sorted(options)}; got {getattr(self, name)!r}."
+                )
+
+        for name in ("latent_dim", "max_iter", "batch_size"):
+            positive_int_or_auto(name)
+        for name in ("n_samples", "n_iter_no_change"):
+            value = getattr(self, name)
+            if not isinstance(value, numbers.Integral) or value < 1:
+                raise ValueError(f"{name} must be a positive integer; got {value!r}.")
+        choice("posterior", POSTERIOR_FAMILIES)
+        choice("likelihood", {"gaussian", "bernoulli"})
+        choice("training_mask", TRAINING_MASKS)
+        choice("kl_schedule", {"constant", "cyclical"})
+        sizes = self.hidden_layer_sizes
+        if not (sizes == "auto" and isinstance(sizes, str)) and not (
+            isinstance(sizes, (tuple, list))
+            and len(sizes) > 0
+            and all(isinstance(s, numbers.Integral) and s > 0 for s in sizes)
+        ):
+            raise ValueError(
+                f"hidden_layer_sizes must be 'auto' or a tuple of positive ints; got {sizes!r}."
+            )
+        if not 0.0 < self.validation_fraction < 1.0:
+            raise ValueError(
+                f"validation_fraction must lie in (0, 1); got {self.validation_fraction!r}."
+            )
+        if not 0.0 < self.learning_rate_decay <= 1.0:
+            raise ValueError(
+                f"learning_rate_decay must lie in (0, 1]; got {self.learning_rate_decay!r}."
+            )
+        if not self.learning_rate_init > 0:
+            raise ValueError(
+                f"learning_rate_init must be positive; got {self.learning_rate_init!r}."
+            )
+        resolve_device(self.device)
+
+    def _resolve_capacity(self, n_rows: int, n_features: int) -> _Capacity:
+        auto = _auto_capacity(n_rows, n_features)
+        chosen = {
+            "latent_dim": self.latent_dim,
+            "hidden_layer_sizes": self.hidden_layer_sizes,
+            "dropout": self.dropout,
+            "weight_decay": self.weight_decay,
+            "batch_size": self.batch_size,
+            "max_iter": self.max_iter,
+        }
+        resolved = {
+            name: getattr(auto, name) if isinstance(value, str) and value == "auto" else value
+            for name, value in chosen.items()
+        }
+        resolved["hidden_layer_sizes"] = tuple(int(s) for s in resolved["hidden_layer_sizes"])
+        return _Capacity(**resolved)
+
+    # ------------------------------------------------------------------ validation
+    def _validate(self, X, *, reset: bool) -> tuple[np.ndarray, np.ndarray]:
+        """Validated array (float64 or float32) and its observed mask."""
+        _check_numeric_columns(X)
+        X = validate_data(
+            self,
+            X,
+            reset=reset,
+            dtype=[np.float64, np.float32],
+            ensure_all_finite="allow-nan" if is_scalar_nan(self.missing_values) else True,
+        )
+        observed = _missing_mask(X, self.missing_values)
+        if self.likelihood == "bernoulli":
+            values = X[observed]
+            if values.size and (values.min() < 0 or values.max() > 1):
+                raise ValueError(
+                    "likelihood='bernoulli' needs values in [0, 1]; X has values in "
+                    f"[{values.min():.4g}, {values.max():.4g}]."
+                )
+        return X, observed
+
+    def _validate_training_data(self, X) -> tuple[np.ndarray, np.ndarray]:
+        X, observed = self._validate(X, reset=True)
+        if X.shape[0] < 2:
+            raise ValueError(f"Fitting needs at least 2 rows; got {X.shape[0]} sample.")
+        empty_columns = np.flatnonzero(~observed.any(axis=0))
+        if empty_columns.size:
+            names = getattr(self, "feature_names_in_", np.arange(X.shape[1]))[empty_columns]
+            raise ValueError(
+                f"Columns {list(map(str, names))} have no observed values; drop them before "
+                "fitting."
+            )
+        empty_rows = np.flatnonzero(~observed.any(axis=1))
+        if empty_rows.size:
+            raise ValueError(
+                f"Training rows {_describe_rows(empty_rows)} have no observed values; drop "
+                "them before fitting."
+            )
+        return X, observed
+
+    # ------------------------------------------------------------------ fitting
+    def _standardise(self, X: np.ndarray, observed: np.ndarray) -> np.ndarray:
+        return np.where(observed, (X - self.mean_) / self.scale_, 0.0)
+
+    def _initialise(self, X: np.ndarray, observed: np.ndarray) -> None:
+        self._check_params()
+        random_state = check_random_state(self.random_state)
+        self._training_seed_, self._split_seed_, self._inference_seed_ = (
+            int(s) for s in random_state.randint(0, 2**31 - 1, size=3)
+        )
+        capacity = self._resolve_capacity(X.shape[0], X.shape[1])
+        self.hyperparameters_ = asdict(capacity)
+        if self.likelihood == "gaussian":
+            with np.errstate(invalid="ignore"):
+                masked = np.where(observed, X, np.nan)
+                self.mean_ = np.nanmean(masked, axis=0).astype(np.float64)
+                scale = np.nanstd(masked, axis=0).astype(np.float64)
+            self.scale_ = np.where(scale > 0, scale, 1.0)
+        else:
+            self.mean_ = np.zeros(X.shape[1])
+            self.scale_ = np.ones(X.shape[1])
+        self.model_ = PosteriorMatchingVAE(
+            n_features=X.shape[1],
+            latent_dim=capacity.latent_dim,
+            hidden_layer_sizes=capacity.hidden_layer_sizes,
+            posterior=self.posterior,
+            likelihood=self.likelihood,
+            dropout=capacity.dropout,
+            pm_weight=self.pm_weight,
+            stop_gradient=self.stop_gradient,
+            training_mask=self.training_mask,
+        ).to(resolve_device(self.device))
+        self._trainer = None
+        self.history_: dict[str, list[float]] = {}
+
+    def _get_trainer(self) -> Trainer:
+        """The trainer of ``model_``, rebuilt after unpickling (optimiser moments restart)."""
+        if getattr(self, "_trainer", None) is None:
+            capacity = _Capacity(**self.hyperparameters_)
+            settings = TrainingSettings(
+                max_iter=capacity.max_iter,
+                batch_size=capacity.batch_size,
+                learning_rate_init=self.learning_rate_init,
+                weight_decay=capacity.weight_decay,
+                learning_rate_decay=self.learning_rate_decay ** (1.0 / capacity.max_iter),
+                early_stopping=self.early_stopping,
+                n_iter_no_change=self.n_iter_no_change,
+                tol=self.tol,
+                kl_schedule=self.kl_schedule,
+                verbose=self.verbose,
+            )
+            self._trainer = Trainer(self._model(), settings, self._training_seed_, self.history_)
+        return self._trainer
+
+    def _tensors(self, X: np.ndarray, observed: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        device = resolve_device(self.device)
+        x = to_tensor(self._standardise(X, observed), device)
+        return x, torch.tensor(observed, device=device)
+
+    def _split(self, n_rows: int) -> tuple[np.ndarray, np.ndarray]:
+        order = np.random.default_rng(self._split_seed_).permutation(n_rows)
+        if not self.early_stopping:
+            return order, order[:0]
+        n_validation = max(1, int(round(self.validation_fraction * n_rows)))
+        n_validation = min(n_validation, n_rows - 1)
+        return order[n_validation:], order[:n_validation]
+
+    def _store_history(self, trainer: Trainer) -> None:
+        self.history_ = trainer.history
+        self.loss_curve_ = list(trainer.history["loss"])
+        self.n_iter_ = trainer.epoch
+
+    def fit(self, X, y=None) -> PosteriorMatchingImputer:
+        """Train the VAE and its partial posterior on ``X`` (NaN marks missing entries).
+
+        Parameters
+        ----------
+        X : array-like or DataFrame of shape (n_samples, n_features)
+        y : ignored
+
+        Returns
+        -------
+        self
+        """
+        X, observed = self._validate_training_data(X)
+        if not (self.warm_start and hasattr(self, "model_")):
+            self._initialise(X, observed)
+        x, mask = self._tensors(X, observed)
+        train_rows, validation_rows = self._split(X.shape[0])
+        trainer = self._get_trainer()
+        train_rows_t = torch.as_tensor(train_rows, device=x.device)
+        validation_rows_t = torch.as_tensor(validation_rows, device=x.device)
+        trainer.fit(
+            (x[train_rows_t], mask[train_rows_t]),
+            (x[validation_rows_t], mask[validation_rows_t]),
+            self.hyperparameters_["max_iter"],
+        )
+        self._store_history(trainer)
+        return self
+
+    def partial_fit(self, X, y=None) -> PosteriorMatchingImputer:
+        """Train for one epoch over ``X``; the first call also builds the model.
+
+        Standardisation statistics come from the first call's data. No rows are held out.
+
+        Parameters
+        ----------
+        X : array-like or DataFrame of shape (n_samples, n_features)
+        y : ignored
+
+        Returns
+        -------
+        self
+        """
+        first_call = not hasattr(self, "model_")
+        X, observed = (
+            self._validate_training_data(X) if first_call else self._validate(X, reset=False)
+        )
+        if first_call:
+            self._initialise(X, observed)
+        elif (~observed.any(axis=1)).any():
+            rows = np.flatnonzero(~observed.any(axis=1))
+            raise ValueError(f"Training rows {_describe_rows(rows)} have no observed values.")
+        trainer = self._get_trainer()
+        trainer._record(trainer.run_epoch(*self._tensors(X, observed)))
+        self._store_history(trainer)
+        return self
+
+    # ------------------------------------------------------------------ inference helpers
+    def _model(self) -> PosteriorMatchingVAE:
+        device = resolve_device(self.device)
+        if next(self.model_.parameters()).device != device:
+            self.model_.to(device)
+        self.model_.eval()
+        return self.model_
+
+    def _noise(self, n_samples: int, width: int, offset: int, seed: int | None) -> torch.Tensor:
+        base = self._inference_seed_ if seed is None else seed
+        device = resolve_device(self.device)
+        return standard_normal((n_samples, 1, width), base + offset, device)
+
+    def _chunks(self, n_rows: int, n_samples: int) -> list[slice]:
+        per_chunk = max(1, _NOISE_ELEMENTS_PER_CHUNK // (n_samples * self.n_features_in_))
+        return [slice(s, min(s + per_chunk, n_rows)) for s in range(0, n_rows, per_chunk)]
+
+    def _wrap_like(self, values: np.ndarray, X_in) -> np.ndarray | pd.DataFrame:
+        if isinstance(X_in, pd.DataFrame):
+            return pd.DataFrame(values, index=X_in.index, columns=X_in.columns)
+        return values
+
+    def _posterior_noise_dim(self) -> int:
+        model = self._model()
+        probe = model.partial_posterior.distribution(
+            torch.zeros(1, model.partial_posterior.trunk.head.out_features,
+                        device=next(model.parameters()).device)
+        )
+        return probe.noise_dim
+
+    # ------------------------------------------------------------------ public inference
+    @torch.no_grad()
+    def transform(self, X):
+        """Replace missing entries by ``E[x_u | x_o]``; observed entries are returned unchanged.
+
+        The estimate averages the decoder means of ``n_samples`` latents drawn from
+        ``q(z | x_o)`` with noise shared by all rows, so a row's result does not depend on
+        the other rows.
+
+        Parameters
+        ----------
+        X : array-like or DataFrame of shape (n_samples, n_features)
+
+        Returns
+        -------
+        ndarray or DataFrame of the input's shape and dtype
+        """
+        check_is_fitted(self)
+        X_in = X
+        X, observed = self._validate(X, reset=False)
+        model = self._model()
+        x, mask = self._tensors(X, observed)
+        noise = self._noise(self.n_samples, self._posterior_noise_dim(), 0, None)
+        imputed = np.array(X, dtype=np.float64, copy=True)
+        rows = np.flatnonzero(~observed.all(axis=1))
+        for chunk in self._chunks(len(rows), self.n_samples):
+            index = torch.as_tensor(rows[chunk], device=x.device)
+            means = model.decoder_means(x[index], mask[index], noise).mean(0)
+            imputed[rows[chunk]] = means.double().cpu().numpy() * self.scale_ + self.mean_
+        result = np.where(observed, X, imputed.astype(X.dtype))
+        return self._wrap_like(result, X_in)
+
+    @torch.no_grad()
+    def sample(self, X, n_samples: int = 10, random_state: int | None = None) -> np.ndarray:
+        """Multiple imputations: draws of ``x_u`` from the model given ``x_o``.
+
+        Each draw takes ``z ~ q(z | x_o)`` and then ``x ~ p(x | z)``; observed entries are
+        kept exactly.
+
+        Parameters
+        ----------
+        X : array-like or DataFrame of shape (n, d)
+        n_samples : int, default=10
+        random_state : int or None, default=None
+            Seed of the draws; ``None`` uses a seed fixed at fit time (repeatable draws).
+
+        Returns
+        -------
+        ndarray of shape (n_samples, n, d), in the input's dtype
+        """
+        check_is_fitted(self)
+        if not isinstance(n_samples, numbers.Integral) or n_samples < 1:
+            raise ValueError(f"n_samples must be a positive integer; got {n_samples!r}.")
+        X, observed = self._validate(X, reset=False)
+        model = self._model()
+        x, mask = self._tensors(X, observed)
+        latent_noise = self._noise(n_samples, self._posterior_noise_dim(), 1, random_state)
+        value_noise = self._noise(n_samples, X.shape[1], 2, random_state)
+        draws = np.empty((n_samples,) + X.shape, dtype=np.float64)
+        for chunk in self._chunks(X.shape[0], n_samples):
+            values = model.sample_completions(x[chunk], mask[chunk], latent_noise, value_noise)
+            draws[:, chunk] = values.double().cpu().numpy() * self.scale_ + self.mean_
+        return np.where(observed, X, draws.astype(X.dtype))
+
+    def _check_observed_mask(self, observed_mask, shape: tuple[int, int]) -> np.ndarray:
+        mask = np.asarray(observed_mask)
+        if mask.shape != shape:
+            raise ValueError(
+                f"observed_mask has shape {mask.shape} but X has shape {shape}; they must match."
+            )
+        if mask.dtype != bool:
+            if not np.isin(mask, (0, 1)).all():
+                raise ValueError("observed_mask must be boolean (True = observed) or 0/1.")
+            mask = mask.astype(bool)
+        return mask
+
+    @torch.no_grad()
+    def _log_conditional(
+        self, X: np.ndarray, target: np.ndarray, observed: np.ndarray, n_samples: int
+    ) -> np.ndarray:
+        """``log p(x_t | x_o)`` in nats, in the input's units, for ``o ⊆ t``."""
+        model = self._model()
+        x, target_t = self._tensors(X, target)
+        observed_t = torch.as_tensor(observed, device=x.device)
+        encoder_noise = self._noise(n_samples, model.latent_dim, 3, None)
+        posterior_noise = self._noise(n_samples, self._posterior_noise_dim(), 4, None)
+        scores = np.empty(X.shape[0])
+        for chunk in self._chunks(X.shape[0], n_samples):
+            values = model.log_conditional(
+                x[chunk], target_t[chunk], observed_t[chunk], encoder_noise, posterior_noise
+            )
+            scores[chunk] = values.double().cpu().numpy()
+        jacobian = ((target & ~observed) * np.log(self.scale_)).sum(axis=1)
+        return scores - jacobian
+
+    def score_conditional(self, X, observed_mask, n_samples: int | None = None) -> np.ndarray:
+        """Importance-sampled ``log p(x_u | x_o)`` per row, in nats, summed over ``u``.
+
+        Parameters
+        ----------
+        X : array-like or DataFrame of shape (n, d)
+            Complete rows (NaN is an error).
+        observed_mask : array-like of bool, shape (n, d)
+            True where the entry counts as observed; the others are scored.
+        n_samples : int, optional
+            Importance samples; defaults to the estimator's ``n_samples``.
+
+        Returns
+        -------
+        ndarray of shape (n,)
+            Rows with nothing unobserved score exactly 0.
+        """
+        check_is_fitted(self)
+        X, present = self._validate(X, reset=False)
+        if not present.all():
+            rows = np.flatnonzero(~present.all(axis=1))
+            raise ValueError(
+                f"score_conditional needs complete rows, but rows {_describe_rows(rows)} have "
+                "missing values; use score() for incomplete data."
+            )
+        mask = self._check_observed_mask(observed_mask, X.shape)
+        n_samples = self.n_samples if n_samples is None else n_samples
+        if not isinstance(n_samples, numbers.Integral) or n_samples < 1:
+            raise ValueError(f"n_samples must be a positive integer; got {n_samples!r}.")
+        return self._log_conditional(X, present, mask, n_samples)
+
+    def score(self, X, y=None) -> float:
+        """Mean ``log p(x_u | x_o)`` per row under seeded Bernoulli(0.5) masks.
+
+        Each present entry is hidden with probability 0.5 (the same entries for every
+        estimator, so scores are comparable); entries missing in ``X`` are neither observed
+        nor scored. Higher is better, as ``GridSearchCV`` expects.
+
+        Parameters
+        ----------
+        X : array-like or DataFrame of shape (n, d)
+        y : ignored
+
+        Returns
+        -------
+        float
+        """
+        check_is_fitted(self)
+        X, present = self._validate(X, reset=False)
+        hidden = np.random.default_rng(_SCORE_MASK_SEED).random(X.shape) < 0.5
+        return float(self._log_conditional(X, present, present & ~hidden, self.n_samples).mean())
+
+    # ------------------------------------------------------------------ pickling
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()
+        state.pop("_trainer", None)
+        if "model_" in state:
+            state["model_"] = copy.deepcopy(self.model_).to("cpu")
+        return state
