@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 import numpy as np
 import torch
 
-__all__ = ["resolve_device", "to_tensor", "standard_normal"]
+__all__ = ["resolve_device", "seeded", "standard_normal", "to_tensor"]
 
 
 def resolve_device(name: str) -> torch.device:
@@ -31,3 +34,16 @@ def standard_normal(shape: tuple[int, ...], seed: int, device: torch.device) -> 
     """Standard-normal noise from a local generator seeded with ``seed`` (drawn on the CPU)."""
     generator = torch.Generator().manual_seed(seed)
     return torch.randn(shape, generator=generator).to(device)
+
+
+@contextlib.contextmanager
+def seeded(seed: int, device: torch.device) -> Iterator[None]:
+    """Run a block with torch's global generators seeded, restoring their state afterwards.
+
+    Weight initialisation and dropout draw from torch's global generators; this makes them
+    depend on ``seed`` alone without leaking into (or being affected by) the caller's state.
+    """
+    devices = [device] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices, device_type=device.type if devices else "cuda"):
+        torch.random.manual_seed(seed)
+        yield

@@ -2,7 +2,8 @@
 
 A model only has to offer ``loss(x, mask, generator, kl_weight) -> (loss, terms)``; this
 module owns batching, the optimiser, the learning-rate and KL schedules, validation, early
-stopping, the history and the progress bar.
+stopping, the history and the progress bar. Every random draw (batches, masks, latent
+noise, dropout) depends only on the trainer's seed and the epoch number.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from afa._torch import seeded
 from afa.exceptions import TrainingDivergedError
 
 __all__ = ["TrainingSettings", "Trainer", "kl_weight_schedule"]
@@ -24,11 +26,16 @@ __all__ = ["TrainingSettings", "Trainer", "kl_weight_schedule"]
 logger = logging.getLogger(__name__)
 
 _VALIDATION_SEED_OFFSET = 7_919
+_MIN_VALIDATION_ROWS = 256
 
 
 @dataclass(frozen=True)
 class TrainingSettings:
-    """Everything the loop needs to know; built by an estimator from its parameters."""
+    """Everything the loop needs to know; built by an estimator from its parameters.
+
+    ``learning_rate_decay`` is the per-epoch factor; ``tol`` is relative to the best
+    validation loss so far.
+    """
 
     max_iter: int
     batch_size: int
@@ -68,15 +75,18 @@ def _parameter_groups(model: nn.Module, weight_decay: float) -> list[dict]:
 class Trainer:
     """Trains one model, epoch by epoch, and records its history.
 
+    The learning-rate and KL schedules count the epochs this trainer has run; the history
+    (and the seeds, which follow the history's length) continue across trainers.
+
     Parameters
     ----------
     model : nn.Module
         Has ``loss(x, mask, generator, kl_weight)``.
     settings : TrainingSettings
     seed : int
-        Base seed; epoch ``e`` draws its batches and masks from ``seed + e``.
+        Base seed; epoch ``e`` of the history draws everything from ``seed + e``.
     history : dict of list, optional
-        History to continue (``warm_start``); the epoch count continues from its length.
+        History to continue (``warm_start``).
     """
 
     def __init__(
@@ -90,54 +100,69 @@ class Trainer:
         self.settings = settings
         self.seed = seed
         self.history: dict[str, list[float]] = copy.deepcopy(history) if history else {}
+        self.epochs_run = 0
+        fused = all(p.device.type in {"cpu", "cuda"} for p in model.parameters())
         self.optimizer = torch.optim.AdamW(
             _parameter_groups(model, settings.weight_decay),
             lr=settings.learning_rate_init,
-            fused=True,
+            fused=fused,
         )
         self.kl_weight = kl_weight_schedule(settings.kl_schedule, settings.max_iter)
 
     @property
     def epoch(self) -> int:
-        """Number of epochs run so far (across ``fit`` and ``partial_fit`` calls)."""
+        """Number of epochs in the history (across ``fit`` and ``partial_fit`` calls)."""
         return len(self.history.get("loss", []))
 
     def _device(self) -> torch.device:
         return next(self.model.parameters()).device
 
+    def _step(self, x: torch.Tensor, mask: torch.Tensor, generator, kl_weight: float):
+        loss, terms = self.model.loss(x, mask, generator, kl_weight)
+        if not torch.isfinite(loss):
+            raise TrainingDivergedError(
+                f"The training loss became {float(loss.detach())} in epoch {self.epoch + 1}. "
+                "Try a smaller learning_rate_init, a larger batch_size or a larger "
+                "weight_decay, and check the data for extreme outliers."
+            )
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        return {"loss": float(loss.detach()), **terms}
+
     def run_epoch(self, x: torch.Tensor, mask: torch.Tensor) -> dict[str, float]:
         """One pass over ``(x, mask)`` in shuffled mini-batches; returns the epoch's means."""
         device = self._device()
-        generator = torch.Generator(device=device).manual_seed(self.seed + self.epoch)
-        learning_rate = self.settings.learning_rate_init * self.settings.learning_rate_decay ** self.epoch
+        learning_rate = (
+            self.settings.learning_rate_init * self.settings.learning_rate_decay**self.epochs_run
+        )
         for group in self.optimizer.param_groups:
             group["lr"] = learning_rate
-        kl_weight = self.kl_weight(self.epoch)
+        kl_weight = self.kl_weight(self.epochs_run)
         self.model.train()
         totals: dict[str, float] = {}
-        order = torch.randperm(x.shape[0], generator=generator, device=device)
-        for batch in order.split(self.settings.batch_size):
-            loss, terms = self.model.loss(x[batch], mask[batch], generator, kl_weight)
-            if not torch.isfinite(loss):
-                raise TrainingDivergedError(
-                    f"The training loss became {float(loss)} in epoch {self.epoch + 1}. "
-                    "Try a smaller learning_rate_init, a larger batch_size or a larger "
-                    "weight_decay, and check the data for extreme outliers."
-                )
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            self.optimizer.step()
-            for name, value in {"loss": float(loss.detach()), **terms}.items():
-                totals[name] = totals.get(name, 0.0) + value * len(batch)
+        with seeded(self.seed + self.epoch, device):
+            generator = torch.Generator(device=device).manual_seed(self.seed + self.epoch)
+            order = torch.randperm(x.shape[0], generator=generator, device=device)
+            for batch in order.split(self.settings.batch_size):
+                terms = self._step(x[batch], mask[batch], generator, kl_weight)
+                for name, value in terms.items():
+                    totals[name] = totals.get(name, 0.0) + value * len(batch)
+        self.epochs_run += 1
         means = {name: total / x.shape[0] for name, total in totals.items()}
         return {**means, "kl_weight": kl_weight, "learning_rate": learning_rate}
 
     @torch.no_grad()
     def validation_loss(self, x: torch.Tensor, mask: torch.Tensor) -> float:
-        """Loss on held-out rows with β = 1 and the same masks at every call."""
-        generator = torch.Generator(device=self._device()).manual_seed(
-            self.seed + _VALIDATION_SEED_OFFSET
-        )
+        """Loss on held-out rows with β = 1 and the same masks at every call.
+
+        Small validation sets are repeated up to ``_MIN_VALIDATION_ROWS`` rows, each copy with
+        its own mask and latent draw, so the loss that early stopping watches is less noisy.
+        """
+        repeats = math.ceil(_MIN_VALIDATION_ROWS / x.shape[0])
+        x, mask = x.repeat(repeats, 1), mask.repeat(repeats, 1)
+        device = self._device()
+        generator = torch.Generator(device=device).manual_seed(self.seed + _VALIDATION_SEED_OFFSET)
         self.model.eval()
         total = 0.0
         for start in range(0, x.shape[0], self.settings.batch_size):
@@ -146,7 +171,8 @@ class Trainer:
             total += float(loss) * x[rows].shape[0]
         return total / x.shape[0]
 
-    def _record(self, values: dict[str, float]) -> None:
+    def record(self, values: dict[str, float]) -> None:
+        """Append one epoch's values to the history."""
         for name, value in values.items():
             self.history.setdefault(name, []).append(value)
 
@@ -158,28 +184,29 @@ class Trainer:
     ) -> None:
         """Run up to ``n_epochs`` epochs, stopping early on the validation loss if asked.
 
-        With early stopping, the weights of the best validation epoch are restored at the end.
+        Training stops once ``n_iter_no_change`` epochs have passed without a relative
+        improvement of ``tol`` in the validation loss; the best epoch's weights are then
+        restored.
         """
         use_validation = validation is not None and validation[0].shape[0] > 0
-        best_loss, best_state, stale_epochs = math.inf, None, 0
+        best_loss, best_state, best_epoch = math.inf, None, 0
         progress = tqdm(total=n_epochs, disable=not self.settings.verbose, desc="afa", unit="epoch")
-        for _ in range(n_epochs):
+        for local_epoch in range(1, n_epochs + 1):
             values = self.run_epoch(*train)
             if use_validation:
                 values["val_loss"] = self.validation_loss(*validation)
-            self._record(values)
-            progress.set_postfix({k: f"{values[k]:.4g}" for k in ("loss", "val_loss") if k in values})
+            self.record(values)
+            progress.set_postfix({k: f"{v:.4g}" for k, v in values.items() if "loss" in k})
             progress.update()
             if not (use_validation and self.settings.early_stopping):
                 continue
-            if values["val_loss"] < best_loss - self.settings.tol:
-                best_loss, stale_epochs = values["val_loss"], 0
+            threshold = best_loss - self.settings.tol * abs(best_loss) if best_state else math.inf
+            if values["val_loss"] < threshold:
+                best_loss, best_epoch = values["val_loss"], local_epoch
                 best_state = copy.deepcopy(self.model.state_dict())
-            else:
-                stale_epochs += 1
-                if stale_epochs >= self.settings.n_iter_no_change:
-                    logger.info("Early stopping after %d epochs.", self.epoch)
-                    break
+            elif local_epoch - best_epoch >= self.settings.n_iter_no_change:
+                logger.info("Early stopping after %d epochs.", self.epoch)
+                break
         progress.close()
         if best_state is not None:
             self.model.load_state_dict(best_state)

@@ -15,16 +15,15 @@ from sklearn.utils import check_random_state
 from sklearn.utils._missing import is_scalar_nan
 from sklearn.utils.validation import check_is_fitted, validate_data
 
-from afa._torch import resolve_device, standard_normal, to_tensor
+from afa._torch import resolve_device, seeded, standard_normal, to_tensor
 from afa._training import Trainer, TrainingSettings
-from afa.masks import TRAINING_MASKS
+from afa.masks import TRAINING_MASKS, row_hash_uniforms
 from afa.models import PosteriorMatchingVAE
 from afa.posteriors import POSTERIOR_FAMILIES
 
 __all__ = ["PosteriorMatchingImputer"]
 
 _NOISE_ELEMENTS_PER_CHUNK = 2**17  # rows x samples x features processed at once at inference
-_SCORE_MASK_SEED = 0  # score() hides the same entries for every estimator: comparable scores
 
 
 @dataclass(frozen=True)
@@ -37,24 +36,28 @@ class _Capacity:
     weight_decay: float
     batch_size: int
     max_iter: int
+    n_iter_no_change: int
 
 
 def _auto_capacity(n_rows: int, n_features: int) -> _Capacity:
     """Capacity, regularisation and training length for a table of ``n_rows x n_features``.
 
     Small tables get narrow, regularised networks trained for many epochs; large tables get
-    wide networks and fewer epochs, aiming at about 20,000 optimiser steps in all.
+    wide networks and fewer epochs. Batches hold about a third of a small table (large
+    batches tame the noise of the one-sample ELBO); training aims at about 15,000 optimiser
+    steps, and early stopping waits about 1,000 steps for an improvement.
     """
     width = 64 if n_rows < 2_000 else 128 if n_rows < 20_000 else 256
-    batch_size = int(min(512, max(32, 2 ** round(math.log2(max(n_rows, 1) / 32)))))
+    batch_size = int(min(512, max(32, 2 ** round(math.log2(max(n_rows, 1) / 3)))))
     steps_per_epoch = max(1, math.ceil(n_rows / batch_size))
     return _Capacity(
-        latent_dim=int(min(32, max(2, n_features))),
+        latent_dim=int(min(16, max(2, n_features))),
         hidden_layer_sizes=(width, width),
         dropout=0.1 if n_rows < 5_000 else 0.0,
         weight_decay=1e-2 if n_rows < 5_000 else 1e-4,
         batch_size=batch_size,
-        max_iter=int(min(1_000, max(30, 20_000 // steps_per_epoch))),
+        max_iter=int(min(3_000, max(30, 15_000 // steps_per_epoch))),
+        n_iter_no_change=int(min(300, max(5, 1_000 // steps_per_epoch))),
     )
 
 
@@ -80,6 +83,15 @@ def _describe_rows(rows: np.ndarray, limit: int = 10) -> str:
     return f"[{shown}{', ...' if len(rows) > limit else ''}] ({len(rows)} rows)"
 
 
+def _check_rows_observed(observed: np.ndarray) -> None:
+    empty_rows = np.flatnonzero(~observed.any(axis=1))
+    if empty_rows.size:
+        raise ValueError(
+            f"Training rows {_describe_rows(empty_rows)} have no observed values; drop them "
+            "before fitting."
+        )
+
+
 class PosteriorMatchingImputer(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
     """Impute and score any conditional ``p(x_u | x_o)`` with a Posterior-Matching VAE.
 
@@ -91,7 +103,7 @@ class PosteriorMatchingImputer(OneToOneFeatureMixin, TransformerMixin, BaseEstim
     Parameters
     ----------
     latent_dim : int or "auto", default="auto"
-        Latent dimension; ``"auto"`` uses the number of features, clipped to [2, 32].
+        Latent dimension; ``"auto"`` uses the number of features, clipped to [2, 16].
     posterior : {"autoregressive", "gaussian", "flow", "spline"}, default="autoregressive"
         Family of ``q(z | x_o)``: a MADE mixture of Gaussians, a full-covariance Gaussian, a
         conditional masked affine autoregressive flow, or a rational-quadratic spline flow.
@@ -113,10 +125,11 @@ class PosteriorMatchingImputer(OneToOneFeatureMixin, TransformerMixin, BaseEstim
     kl_schedule : {"constant", "cyclical"}, default="constant"
         KL weight over epochs: 1 throughout, or four linear 0-to-1 ramps.
     max_iter : int or "auto", default="auto"
-        Maximum number of epochs; ``"auto"`` aims at about 20,000 optimiser steps.
+        Maximum number of epochs; ``"auto"`` aims at about 15,000 optimiser steps
+        (clipped to [30, 3000] epochs).
     batch_size : int or "auto", default="auto"
-        Rows per step; ``"auto"`` is about ``n_rows / 32``, clipped to [32, 512].
-    learning_rate_init : float, default=1e-3
+        Rows per step; ``"auto"`` is about ``n_rows / 3``, clipped to [32, 512].
+    learning_rate_init : float, default=3e-3
         Adam's initial learning rate.
     learning_rate_decay : float, default=0.1
         Factor by which the learning rate falls over ``max_iter`` epochs (exponentially).
@@ -127,10 +140,12 @@ class PosteriorMatchingImputer(OneToOneFeatureMixin, TransformerMixin, BaseEstim
         Hold out ``validation_fraction`` of the rows and stop when their loss stalls; the best
         epoch's weights are kept.
     validation_fraction : float, default=0.1
-    n_iter_no_change : int, default=20
-        Epochs without improvement before stopping.
-    tol : float, default=1e-4
-        Minimum decrease of the validation loss that counts as an improvement.
+    n_iter_no_change : int or "auto", default="auto"
+        Epochs without improvement before stopping; ``"auto"`` waits about 1,000 steps
+        (clipped to [5, 300] epochs).
+    tol : float, default=1e-3
+        Minimum decrease of the validation loss, relative to the best so far, that counts as
+        an improvement.
     n_samples : int, default=100
         Latent samples for ``transform`` and importance samples for ``score_conditional``.
     missing_values : float, default=np.nan
@@ -188,13 +203,13 @@ class PosteriorMatchingImputer(OneToOneFeatureMixin, TransformerMixin, BaseEstim
         kl_schedule: str = "constant",
         max_iter: int | str = "auto",
         batch_size: int | str = "auto",
-        learning_rate_init: float = 1e-3,
+        learning_rate_init: float = 3e-3,
         learning_rate_decay: float = 0.1,
         weight_decay: float | str = "auto",
         early_stopping: bool = True,
         validation_fraction: float = 0.1,
-        n_iter_no_change: int = 20,
-        tol: float = 1e-4,
+        n_iter_no_change: int | str = "auto",
+        tol: float = 1e-3,
         n_samples: int = 100,
         missing_values: float = np.nan,
         device: str = "auto",
@@ -248,12 +263,10 @@ class PosteriorMatchingImputer(OneToOneFeatureMixin, TransformerMixin, BaseEstim
                     f"{name} must be one of {sorted(options)}; got {getattr(self, name)!r}."
                 )
 
-        for name in ("latent_dim", "max_iter", "batch_size"):
+        for name in ("latent_dim", "max_iter", "batch_size", "n_iter_no_change"):
             positive_int_or_auto(name)
-        for name in ("n_samples", "n_iter_no_change"):
-            value = getattr(self, name)
-            if not isinstance(value, numbers.Integral) or value < 1:
-                raise ValueError(f"{name} must be a positive integer; got {value!r}.")
+        if not isinstance(self.n_samples, numbers.Integral) or self.n_samples < 1:
+            raise ValueError(f"n_samples must be a positive integer; got {self.n_samples!r}.")
         choice("posterior", POSTERIOR_FAMILIES)
         choice("likelihood", {"gaussian", "bernoulli"})
         choice("training_mask", TRAINING_MASKS)
@@ -290,6 +303,7 @@ class PosteriorMatchingImputer(OneToOneFeatureMixin, TransformerMixin, BaseEstim
             "weight_decay": self.weight_decay,
             "batch_size": self.batch_size,
             "max_iter": self.max_iter,
+            "n_iter_no_change": self.n_iter_no_change,
         }
         resolved = {
             name: getattr(auto, name) if isinstance(value, str) and value == "auto" else value
@@ -330,12 +344,7 @@ class PosteriorMatchingImputer(OneToOneFeatureMixin, TransformerMixin, BaseEstim
                 f"Columns {list(map(str, names))} have no observed values; drop them before "
                 "fitting."
             )
-        empty_rows = np.flatnonzero(~observed.any(axis=1))
-        if empty_rows.size:
-            raise ValueError(
-                f"Training rows {_describe_rows(empty_rows)} have no observed values; drop "
-                "them before fitting."
-            )
+        _check_rows_observed(observed)
         return X, observed
 
     # ------------------------------------------------------------------ fitting
@@ -359,38 +368,50 @@ class PosteriorMatchingImputer(OneToOneFeatureMixin, TransformerMixin, BaseEstim
         else:
             self.mean_ = np.zeros(X.shape[1])
             self.scale_ = np.ones(X.shape[1])
-        self.model_ = PosteriorMatchingVAE(
-            n_features=X.shape[1],
-            latent_dim=capacity.latent_dim,
-            hidden_layer_sizes=capacity.hidden_layer_sizes,
-            posterior=self.posterior,
-            likelihood=self.likelihood,
-            dropout=capacity.dropout,
-            pm_weight=self.pm_weight,
-            stop_gradient=self.stop_gradient,
-            training_mask=self.training_mask,
-        ).to(resolve_device(self.device))
+        with seeded(self._training_seed_, torch.device("cpu")):
+            model = PosteriorMatchingVAE(
+                n_features=X.shape[1],
+                latent_dim=capacity.latent_dim,
+                hidden_layer_sizes=capacity.hidden_layer_sizes,
+                posterior=self.posterior,
+                likelihood=self.likelihood,
+                dropout=capacity.dropout,
+                pm_weight=self.pm_weight,
+                stop_gradient=self.stop_gradient,
+                training_mask=self.training_mask,
+            )
+        self.model_ = model.to(resolve_device(self.device))
+        self._n_training_rows_ = X.shape[0]
         self._trainer = None
         self.history_: dict[str, list[float]] = {}
 
-    def _get_trainer(self) -> Trainer:
-        """The trainer of ``model_``, rebuilt after unpickling (optimiser moments restart)."""
-        if getattr(self, "_trainer", None) is None:
-            capacity = _Capacity(**self.hyperparameters_)
-            settings = TrainingSettings(
-                max_iter=capacity.max_iter,
-                batch_size=capacity.batch_size,
-                learning_rate_init=self.learning_rate_init,
-                weight_decay=capacity.weight_decay,
-                learning_rate_decay=self.learning_rate_decay ** (1.0 / capacity.max_iter),
-                early_stopping=self.early_stopping,
-                n_iter_no_change=self.n_iter_no_change,
-                tol=self.tol,
-                kl_schedule=self.kl_schedule,
-                verbose=self.verbose,
-            )
-            self._trainer = Trainer(self._model(), settings, self._training_seed_, self.history_)
-        return self._trainer
+    def _new_trainer(self) -> Trainer:
+        """A trainer for ``model_`` with the current training parameters.
+
+        The architecture stays as built; batch size, epochs, learning rate, weight decay and
+        early stopping follow the parameters as they are now (``set_params`` then a
+        ``warm_start`` fit uses them).
+        """
+        capacity = self._resolve_capacity(self._n_training_rows_, self.n_features_in_)
+        self.hyperparameters_.update(
+            {
+                name: getattr(capacity, name)
+                for name in ("batch_size", "max_iter", "weight_decay", "n_iter_no_change")
+            }
+        )
+        settings = TrainingSettings(
+            max_iter=capacity.max_iter,
+            batch_size=capacity.batch_size,
+            learning_rate_init=self.learning_rate_init,
+            weight_decay=capacity.weight_decay,
+            learning_rate_decay=self.learning_rate_decay ** (1.0 / capacity.max_iter),
+            early_stopping=self.early_stopping,
+            n_iter_no_change=capacity.n_iter_no_change,
+            tol=self.tol,
+            kl_schedule=self.kl_schedule,
+            verbose=self.verbose,
+        )
+        return Trainer(self._model(), settings, self._training_seed_, self.history_)
 
     def _tensors(self, X: np.ndarray, observed: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
         device = resolve_device(self.device)
@@ -422,20 +443,25 @@ class PosteriorMatchingImputer(OneToOneFeatureMixin, TransformerMixin, BaseEstim
         -------
         self
         """
-        X, observed = self._validate_training_data(X)
-        if not (self.warm_start and hasattr(self, "model_")):
+        warm = self.warm_start and hasattr(self, "model_")
+        if warm:
+            X, observed = self._validate(X, reset=False)
+            _check_rows_observed(observed)
+        else:
+            X, observed = self._validate_training_data(X)
             self._initialise(X, observed)
+        self._check_params()
         x, mask = self._tensors(X, observed)
-        train_rows, validation_rows = self._split(X.shape[0])
-        trainer = self._get_trainer()
-        train_rows_t = torch.as_tensor(train_rows, device=x.device)
-        validation_rows_t = torch.as_tensor(validation_rows, device=x.device)
-        trainer.fit(
-            (x[train_rows_t], mask[train_rows_t]),
-            (x[validation_rows_t], mask[validation_rows_t]),
+        train_rows, validation_rows = (
+            torch.as_tensor(rows, device=x.device) for rows in self._split(X.shape[0])
+        )
+        self._trainer = self._new_trainer()
+        self._trainer.fit(
+            (x[train_rows], mask[train_rows]),
+            (x[validation_rows], mask[validation_rows]),
             self.hyperparameters_["max_iter"],
         )
-        self._store_history(trainer)
+        self._store_history(self._trainer)
         return self
 
     def partial_fit(self, X, y=None) -> PosteriorMatchingImputer:
@@ -452,18 +478,16 @@ class PosteriorMatchingImputer(OneToOneFeatureMixin, TransformerMixin, BaseEstim
         -------
         self
         """
-        first_call = not hasattr(self, "model_")
-        X, observed = (
-            self._validate_training_data(X) if first_call else self._validate(X, reset=False)
-        )
-        if first_call:
+        if not hasattr(self, "model_"):
+            X, observed = self._validate_training_data(X)
             self._initialise(X, observed)
-        elif (~observed.any(axis=1)).any():
-            rows = np.flatnonzero(~observed.any(axis=1))
-            raise ValueError(f"Training rows {_describe_rows(rows)} have no observed values.")
-        trainer = self._get_trainer()
-        trainer._record(trainer.run_epoch(*self._tensors(X, observed)))
-        self._store_history(trainer)
+        else:
+            X, observed = self._validate(X, reset=False)
+            _check_rows_observed(observed)
+        if getattr(self, "_trainer", None) is None:
+            self._trainer = self._new_trainer()
+        self._trainer.record(self._trainer.run_epoch(*self._tensors(X, observed)))
+        self._store_history(self._trainer)
         return self
 
     # ------------------------------------------------------------------ inference helpers
@@ -625,9 +649,11 @@ class PosteriorMatchingImputer(OneToOneFeatureMixin, TransformerMixin, BaseEstim
     def score(self, X, y=None) -> float:
         """Mean ``log p(x_u | x_o)`` per row under seeded Bernoulli(0.5) masks.
 
-        Each present entry is hidden with probability 0.5 (the same entries for every
-        estimator, so scores are comparable); entries missing in ``X`` are neither observed
-        nor scored. Higher is better, as ``GridSearchCV`` expects.
+        Each present entry is hidden with probability 0.5. The hidden entries are a fixed
+        function of each row's values, so every estimator hides the same entries (scores are
+        comparable) and a row's contribution does not depend on its position. Entries
+        missing in ``X`` are neither observed nor scored. Higher is better, as
+        ``GridSearchCV`` expects.
 
         Parameters
         ----------
@@ -640,11 +666,12 @@ class PosteriorMatchingImputer(OneToOneFeatureMixin, TransformerMixin, BaseEstim
         """
         check_is_fitted(self)
         X, present = self._validate(X, reset=False)
-        hidden = np.random.default_rng(_SCORE_MASK_SEED).random(X.shape) < 0.5
+        hidden = row_hash_uniforms(np.where(present, X, np.nan)) < 0.5
         return float(self._log_conditional(X, present, present & ~hidden, self.n_samples).mean())
 
     # ------------------------------------------------------------------ pickling
     def __getstate__(self) -> dict:
+        """Drop the optimiser and move the model to the CPU, so pickles load anywhere."""
         state = self.__dict__.copy()
         state.pop("_trainer", None)
         if "model_" in state:

@@ -5,10 +5,12 @@ Convention everywhere in afa: ``True`` (or 1) means *observed*.
 
 from __future__ import annotations
 
+import hashlib
+
 import numpy as np
 import torch
 
-__all__ = ["TRAINING_MASKS", "bernoulli_mask", "mcar_mask", "uniform_mask"]
+__all__ = ["TRAINING_MASKS", "bernoulli_mask", "mcar_mask", "row_hash_uniforms", "uniform_mask"]
 
 
 def bernoulli_mask(
@@ -59,3 +61,31 @@ def mcar_mask(
         raise ValueError(f"missing_rate must lie in [0, 1]; got {missing_rate}.")
     rng = np.random.default_rng(random_state)
     return rng.random(shape) >= missing_rate
+
+
+def _splitmix64(values: np.ndarray) -> np.ndarray:
+    values = values + np.uint64(0x9E3779B97F4A7C15)
+    values = (values ^ (values >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    values = (values ^ (values >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return values ^ (values >> np.uint64(31))
+
+
+def row_hash_uniforms(X: np.ndarray) -> np.ndarray:
+    """Uniforms in [0, 1), one per entry, that depend only on the values of the entry's row.
+
+    Identical rows get identical uniforms wherever they appear, so a mask drawn from them
+    does not depend on row order or on the other rows.
+
+    Examples
+    --------
+    >>> X = np.arange(6.0).reshape(3, 2)
+    >>> np.array_equal(row_hash_uniforms(X)[::-1], row_hash_uniforms(X[::-1]))
+    True
+    """
+    rows = np.ascontiguousarray(X, dtype=np.float64)
+    digests = [hashlib.blake2b(row.tobytes(), digest_size=8).digest() for row in rows]
+    row_keys = np.frombuffer(b"".join(digests), dtype=np.uint64).reshape(-1, 1)
+    columns = np.arange(X.shape[1], dtype=np.uint64) * np.uint64(0x2545F4914F6CDD1D)
+    with np.errstate(over="ignore"):
+        bits = _splitmix64(row_keys ^ columns)
+    return (bits >> np.uint64(11)).astype(np.float64) / 2.0**53

@@ -36,6 +36,7 @@ __all__ = [
 ]
 
 _MIN_SCALE = 1e-4
+_SCALAR_SHAPE = torch.Size()
 
 
 def _standard_normal_log_prob(noise: torch.Tensor) -> torch.Tensor:
@@ -139,7 +140,7 @@ class AutoregressiveMixture(_NoiseSampling, Distribution):
             z[..., i] = mean + scale * values[..., i]
         return z
 
-    def sample(self, sample_shape: torch.Size = torch.Size()) -> torch.Tensor:
+    def sample(self, sample_shape: torch.Size = _SCALAR_SHAPE) -> torch.Tensor:
         return self.from_noise(self._noise(sample_shape))
 
 
@@ -180,7 +181,7 @@ class ConditionalFlow(_NoiseSampling, Distribution):
     def from_noise(self, noise: torch.Tensor) -> torch.Tensor:
         return self.sample_with_log_prob(noise)[0]
 
-    def rsample(self, sample_shape: torch.Size = torch.Size()) -> torch.Tensor:
+    def rsample(self, sample_shape: torch.Size = _SCALAR_SHAPE) -> torch.Tensor:
         return self.from_noise(self._noise(sample_shape))
 
 

@@ -105,8 +105,10 @@ class PosteriorMatchingVAE(nn.Module):
     ) -> tuple[torch.Tensor, dict[str, float]]:
         """Mean training loss over the batch, and its terms (per row, as floats).
 
-        ``mask`` marks the entries present in the data; the ELBO counts only those.
+        ``mask`` marks the entries present in the data; the ELBO counts only those. Entries
+        outside ``mask`` are ignored, even NaN.
         """
+        x = torch.where(mask, x, torch.zeros_like(x))
         encoder = self.encoder(x, mask)
         noise = torch.randn(x.shape[0], self.latent_dim, generator=generator, device=x.device)
         z = encoder.from_noise(noise)
@@ -126,7 +128,9 @@ class PosteriorMatchingVAE(nn.Module):
         return loss, terms
 
     # ------------------------------------------------------------------ densities
-    def decoder_log_prob(self, x: torch.Tensor, mask: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+    def decoder_log_prob(
+        self, x: torch.Tensor, mask: torch.Tensor, z: torch.Tensor
+    ) -> torch.Tensor:
         """``Σ_{j: mask_j} log p(x_j | z)``, broadcasting over leading sample dimensions."""
         element_log_prob = self.likelihood.log_prob(x, self.decoder(z))
         return torch.where(mask, element_log_prob, torch.zeros_like(element_log_prob)).sum(-1)
@@ -164,7 +168,9 @@ class PosteriorMatchingVAE(nn.Module):
         return torch.where(scored, joint - evidence, torch.zeros_like(joint))
 
     # ------------------------------------------------------------------ imputation
-    def decoder_means(self, x: torch.Tensor, mask: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+    def decoder_means(
+        self, x: torch.Tensor, mask: torch.Tensor, noise: torch.Tensor
+    ) -> torch.Tensor:
         """Decoder means at ``z ~ q(z | x_o)``: shape ``(K, n, d)`` for noise ``(K, 1, ·)``."""
         z = self.partial_posterior(x, mask).from_noise(noise)
         return self.likelihood.mean(self.decoder(z))

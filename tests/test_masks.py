@@ -1,0 +1,80 @@
+"""Unit tests for afa.masks."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from afa.masks import TRAINING_MASKS, bernoulli_mask, mcar_mask, uniform_mask
+
+
+def test_training_mask_registry():
+    assert TRAINING_MASKS == {"bernoulli": bernoulli_mask, "uniform": uniform_mask}
+
+
+def test_bernoulli_mask_rate_and_dtype():
+    mask = bernoulli_mask((4000, 5), torch.Generator().manual_seed(0))
+    assert mask.shape == (4000, 5)
+    assert mask.dtype == torch.bool
+    rate = mask.float().mean().item()
+    assert abs(rate - 0.5) < 0.02
+    # every column is about half observed too (entries are independent)
+    assert torch.all((mask.float().mean(0) - 0.5).abs() < 0.04)
+
+
+@pytest.mark.parametrize("make_mask", [bernoulli_mask, uniform_mask])
+def test_training_masks_are_reproducible(make_mask):
+    a = make_mask((50, 6), torch.Generator().manual_seed(3))
+    b = make_mask((50, 6), torch.Generator().manual_seed(3))
+    c = make_mask((50, 6), torch.Generator().manual_seed(4))
+    assert torch.equal(a, b)
+    assert not torch.equal(a, c)
+
+
+def test_training_masks_use_the_generator_not_global_state():
+    torch.manual_seed(0)
+    a = bernoulli_mask((20, 5), torch.Generator().manual_seed(1))
+    torch.manual_seed(123)
+    b = bernoulli_mask((20, 5), torch.Generator().manual_seed(1))
+    assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("n_features", [1, 2, 5])
+def test_uniform_mask_counts(n_features):
+    mask = uniform_mask((3000, n_features), torch.Generator().manual_seed(0))
+    assert mask.shape == (3000, n_features)
+    assert mask.dtype == torch.bool
+    counts = mask.sum(1)
+    # never fully observed; every count 0..d-1 appears, about uniformly
+    assert int(counts.max()) <= n_features - 1
+    frequencies = torch.bincount(counts, minlength=n_features).float() / 3000
+    assert frequencies.shape == (n_features,)
+    assert torch.all((frequencies - 1.0 / n_features).abs() < 0.04)
+
+
+def test_uniform_mask_positions_are_uniform():
+    mask = uniform_mask((6000, 4), torch.Generator().manual_seed(1))
+    # E[#observed] = (0+1+2+3)/4 = 1.5, spread evenly over 4 positions
+    assert torch.all((mask.float().mean(0) - 1.5 / 4).abs() < 0.03)
+
+
+def test_mcar_mask_rate_dtype_and_reproducibility():
+    mask = mcar_mask((2000, 5), 0.3, 0)
+    assert mask.shape == (2000, 5)
+    assert mask.dtype == bool
+    assert abs((~mask).mean() - 0.3) < 0.02
+    assert np.array_equal(mask, mcar_mask((2000, 5), 0.3, 0))
+    assert not np.array_equal(mask, mcar_mask((2000, 5), 0.3, 1))
+    assert np.array_equal(mask, mcar_mask((2000, 5), 0.3, np.random.default_rng(0)))
+
+
+def test_mcar_mask_edge_rates():
+    assert mcar_mask((10, 3), 0.0, 0).all()
+    assert not mcar_mask((10, 3), 1.0, 0).any()
+
+
+@pytest.mark.parametrize("rate", [-0.1, 1.5, float("nan")])
+def test_mcar_mask_rejects_bad_rate(rate):
+    with pytest.raises(ValueError, match="missing_rate"):
+        mcar_mask((10, 3), rate, 0)

@@ -1,0 +1,22 @@
+"""scikit-learn's estimator checks, all expected to pass.
+
+Note: most checks feed complete data, where imputation is the identity; the behaviour on
+missing values is covered by test_impute.py and test_properties.py.
+"""
+
+from __future__ import annotations
+
+from sklearn.utils.estimator_checks import parametrize_with_checks
+
+from afa import PosteriorMatchingImputer
+
+
+@parametrize_with_checks(
+    [
+        PosteriorMatchingImputer(
+            latent_dim=2, hidden_layer_sizes=(8,), max_iter=2, n_samples=4, random_state=0
+        )
+    ]
+)
+def test_sklearn_compatible_estimator(estimator, check):
+    check(estimator)
