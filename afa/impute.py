@@ -108,8 +108,13 @@ class PosteriorMatchingImputer(OneToOneFeatureMixin, TransformerMixin, BaseEstim
         Family of ``q(z | x_o)``: a MADE mixture of Gaussians, a full-covariance Gaussian, a
         conditional masked affine autoregressive flow, or a rational-quadratic spline flow.
     likelihood : {"gaussian", "bernoulli"}, default="gaussian"
-        Decoder likelihood. ``"gaussian"`` learns one scale per feature; ``"bernoulli"`` is for
-        data in [0, 1] and is fitted on the raw values (no standardisation).
+        Decoder likelihood. ``"gaussian"`` has a learned scale per feature (see
+        ``decoder_scale``); ``"bernoulli"`` is for data in [0, 1] and is fitted on the raw
+        values (no standardisation).
+    decoder_scale : {"heteroscedastic", "feature", "shared"}, default="heteroscedastic"
+        Scale of the Gaussian decoder: per feature and depending on ``z`` (the decoder
+        outputs it), one constant per feature, or one constant for all features. The
+        heteroscedastic scale fits skewed and discrete-valued columns far better.
     hidden_layer_sizes : tuple of int or "auto", default="auto"
         Widths of the residual blocks of every network; ``"auto"`` uses two blocks of 64, 128
         or 256 units as the table grows.
@@ -195,6 +200,7 @@ class PosteriorMatchingImputer(OneToOneFeatureMixin, TransformerMixin, BaseEstim
         latent_dim: int | str = "auto",
         posterior: str = "autoregressive",
         likelihood: str = "gaussian",
+        decoder_scale: str = "heteroscedastic",
         hidden_layer_sizes: tuple[int, ...] | str = "auto",
         dropout: float | str = "auto",
         pm_weight: float = 1.0,
@@ -220,6 +226,7 @@ class PosteriorMatchingImputer(OneToOneFeatureMixin, TransformerMixin, BaseEstim
         self.latent_dim = latent_dim
         self.posterior = posterior
         self.likelihood = likelihood
+        self.decoder_scale = decoder_scale
         self.hidden_layer_sizes = hidden_layer_sizes
         self.dropout = dropout
         self.pm_weight = pm_weight
@@ -269,6 +276,7 @@ class PosteriorMatchingImputer(OneToOneFeatureMixin, TransformerMixin, BaseEstim
             raise ValueError(f"n_samples must be a positive integer; got {self.n_samples!r}.")
         choice("posterior", POSTERIOR_FAMILIES)
         choice("likelihood", {"gaussian", "bernoulli"})
+        choice("decoder_scale", {"heteroscedastic", "feature", "shared"})
         choice("training_mask", TRAINING_MASKS)
         choice("kl_schedule", {"constant", "cyclical"})
         sizes = self.hidden_layer_sizes
@@ -359,7 +367,7 @@ class PosteriorMatchingImputer(OneToOneFeatureMixin, TransformerMixin, BaseEstim
         )
         capacity = self._resolve_capacity(X.shape[0], X.shape[1])
         self.hyperparameters_ = asdict(capacity)
-        if self.likelihood == "gaussian":
+        if self.likelihood != "bernoulli":
             with np.errstate(invalid="ignore"):
                 masked = np.where(observed, X, np.nan)
                 self.mean_ = np.nanmean(masked, axis=0).astype(np.float64)
@@ -379,6 +387,7 @@ class PosteriorMatchingImputer(OneToOneFeatureMixin, TransformerMixin, BaseEstim
                 pm_weight=self.pm_weight,
                 stop_gradient=self.stop_gradient,
                 training_mask=self.training_mask,
+                decoder_scale=self.decoder_scale,
             )
         self.model_ = model.to(resolve_device(self.device))
         self._n_training_rows_ = X.shape[0]

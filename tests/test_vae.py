@@ -20,28 +20,44 @@ from afa.posteriors import POSTERIOR_FAMILIES
 
 def test_gaussian_likelihood_matches_torch_normal():
     torch.manual_seed(0)
-    lik = GaussianLikelihood(3)
+    lik = GaussianLikelihood(3, scale="feature")
     with torch.no_grad():
         lik.raw_scale.copy_(torch.tensor([-1.0, 0.0, 2.0]))
     x, out = torch.randn(4, 3), torch.randn(4, 3)
-    expected = torch.distributions.Normal(out, lik.scale).log_prob(x)
+    expected = torch.distributions.Normal(out, lik.parameters_from(out)[1]).log_prob(x)
     torch.testing.assert_close(lik.log_prob(x, out), expected)
     assert torch.equal(lik.mean(out), out)
 
 
+def test_heteroscedastic_likelihood_reads_mean_and_scale_from_the_decoder():
+    lik = GaussianLikelihood(3, scale="heteroscedastic", min_scale=1e-3)
+    assert lik.outputs_per_feature == 2
+    x, out = torch.randn(4, 3), torch.randn(4, 6)
+    mean, scale = lik.parameters_from(out)
+    torch.testing.assert_close(mean, out[:, :3])
+    assert torch.all(scale > 1e-3)
+    assert not torch.allclose(scale[0], scale[1])  # the scale depends on the row's output
+    expected = torch.distributions.Normal(mean, scale).log_prob(x)
+    torch.testing.assert_close(lik.log_prob(x, out), expected)
+    with pytest.raises(ValueError, match="scale"):
+        GaussianLikelihood(3, scale="nope")
+
+
 def test_gaussian_likelihood_initial_scale_and_floor():
-    lik = GaussianLikelihood(2, min_scale=1e-3)
-    torch.testing.assert_close(lik.scale, torch.full((2,), 1.0 + 1e-3))
+    lik = GaussianLikelihood(2, scale="feature", min_scale=1e-3)
+    out = torch.zeros(1, 2)
+    torch.testing.assert_close(lik.parameters_from(out)[1], torch.full((2,), 1.0 + 1e-3))
     with torch.no_grad():
         lik.raw_scale.fill_(-1e4)
-    assert torch.all(lik.scale >= 1e-3)
-    assert GaussianLikelihood(5, shared_scale=True).raw_scale.shape == (1,)
+    assert torch.all(lik.parameters_from(out)[1] >= 1e-3)
+    assert GaussianLikelihood(5, scale="shared").raw_scale.shape == (1,)
 
 
 def test_gaussian_likelihood_sample():
-    lik = GaussianLikelihood(2)
+    lik = GaussianLikelihood(2, scale="feature")
     out, noise = torch.tensor([[1.0, -1.0]]), torch.tensor([[2.0, 0.5]])
-    torch.testing.assert_close(lik.sample(out, noise), out + lik.scale * noise)
+    expected = out + lik.parameters_from(out)[1] * noise
+    torch.testing.assert_close(lik.sample(out, noise), expected)
 
 
 def test_bernoulli_likelihood_matches_torch_bernoulli():
@@ -222,7 +238,7 @@ def test_log_marginal_exact_for_linear_gaussian_with_true_posterior():
     Gaussian, every importance weight equals p(x), and log_marginal must return log p(x).
     """
     torch.manual_seed(0)
-    vae = PosteriorMatchingVAE(3, 2, (4,), posterior="gaussian")
+    vae = PosteriorMatchingVAE(3, 2, (4,), posterior="gaussian", decoder_scale="feature")
     W = torch.randn(3, 2)
     b = torch.randn(3)
     sigma = 0.7
@@ -234,7 +250,8 @@ def test_log_marginal_exact_for_linear_gaussian_with_true_posterior():
         vae.likelihood.min_scale = 0.0
         # softplus(log(e - 1)) = 1; set raw scale so that scale == sigma
         vae.likelihood.raw_scale.fill_(math.log(math.expm1(sigma)) - math.log(math.e - 1))
-    torch.testing.assert_close(vae.likelihood.scale, torch.full((3,), sigma))
+    scale = vae.likelihood.parameters_from(torch.zeros(1, 3))[1]
+    torch.testing.assert_close(scale, torch.full((3,), sigma))
     x = torch.randn(5, 3)
     mask = torch.ones(5, 3, dtype=torch.bool)
     precision = torch.eye(2) + W.T @ W / sigma**2

@@ -57,6 +57,9 @@ class PosteriorMatchingVAE(nn.Module):
     stop_gradient : bool, default=True
         Detach the encoder sample in the PM term, so PM trains only ``q(z|x_o)``.
     training_mask : {"bernoulli", "uniform"}, default="bernoulli"
+    decoder_scale : {"heteroscedastic", "feature", "shared"}, default="heteroscedastic"
+        Scale of a Gaussian decoder: output by the decoder per feature and per ``z``, one
+        learned scale per feature, or one for all features.
 
     Examples
     --------
@@ -78,6 +81,7 @@ class PosteriorMatchingVAE(nn.Module):
         pm_weight: float = 1.0,
         stop_gradient: bool = True,
         training_mask: str = "bernoulli",
+        decoder_scale: str = "heteroscedastic",
     ) -> None:
         super().__init__()
         if training_mask not in TRAINING_MASKS:
@@ -89,8 +93,13 @@ class PosteriorMatchingVAE(nn.Module):
         self.stop_gradient = stop_gradient
         self.training_mask = training_mask
         self.encoder = GaussianPosterior(n_features, latent_dim, hidden_layer_sizes, dropout)
-        self.decoder = ResidualMLP(latent_dim, n_features, hidden_layer_sizes, dropout)
-        self.likelihood = make_likelihood(likelihood, n_features)
+        self.likelihood = make_likelihood(likelihood, n_features, decoder_scale)
+        self.decoder = ResidualMLP(
+            latent_dim,
+            n_features * self.likelihood.outputs_per_feature,
+            hidden_layer_sizes,
+            dropout,
+        )
         self.partial_posterior = make_partial_posterior(
             posterior, n_features, latent_dim, hidden_layer_sizes, dropout
         )
