@@ -44,9 +44,9 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     demo = commands.add_parser(
         "demo",
-        help="impute a bundled medical table with Posterior Matching and baselines",
+        help="impute a bundled real table with Posterior Matching and baselines",
         description="Fit Posterior Matching imputers and scikit-learn baselines on the "
-        "breast-cancer table, hide half of the test entries at random and print a markdown "
+        "wine table, hide half of the test entries at random and print a markdown "
         "table of NRMSE, conditional log-likelihood and timings.",
     )
     demo.add_argument("--random-state", type=int, default=0, help="seed (default: 0)")

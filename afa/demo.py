@@ -1,4 +1,4 @@
-"""The afa demo: impute a medical table with Posterior Matching and with baselines.
+"""The afa demo: impute a small real table with Posterior Matching and with baselines.
 
 Half of the test entries are hidden completely at random; every method is fitted on the
 complete training rows and judged on the hidden test entries by NRMSE and, where it has a

@@ -14,7 +14,7 @@ from afa.datasets import data_root, load_demo_table, load_uci_maf
 def test_demo_table_is_a_complete_numeric_frame():
     table = load_demo_table()
     assert isinstance(table, pd.DataFrame)
-    assert table.shape == (569, 30)
+    assert table.shape == (178, 13)
     assert table.notna().all().all()
     assert all(pd.api.types.is_float_dtype(t) for t in table.dtypes)
 
