@@ -12,7 +12,6 @@ import pandas as pd
 import torch
 from sklearn.base import BaseEstimator, OneToOneFeatureMixin, TransformerMixin
 from sklearn.utils import check_random_state
-from sklearn.utils._missing import is_scalar_nan
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from afa._torch import resolve_device, seeded, standard_normal, to_tensor
@@ -59,6 +58,11 @@ def _auto_capacity(n_rows: int, n_features: int) -> _Capacity:
         max_iter=int(min(3_000, max(30, 15_000 // steps_per_epoch))),
         n_iter_no_change=int(min(300, max(5, 1_000 // steps_per_epoch))),
     )
+
+
+def is_scalar_nan(value: object) -> bool:
+    """True when ``value`` is a float NaN (the default ``missing_values`` marker)."""
+    return isinstance(value, numbers.Real) and math.isnan(value)
 
 
 def _missing_mask(X: np.ndarray, missing_values: float) -> np.ndarray:
@@ -521,14 +525,6 @@ class PosteriorMatchingImputer(OneToOneFeatureMixin, TransformerMixin, BaseEstim
             return pd.DataFrame(values, index=X_in.index, columns=X_in.columns)
         return values
 
-    def _posterior_noise_dim(self) -> int:
-        model = self._model()
-        probe = model.partial_posterior.distribution(
-            torch.zeros(1, model.partial_posterior.trunk.head.out_features,
-                        device=next(model.parameters()).device)
-        )
-        return probe.noise_dim
-
     # ------------------------------------------------------------------ public inference
     @torch.no_grad()
     def transform(self, X):
@@ -551,7 +547,7 @@ class PosteriorMatchingImputer(OneToOneFeatureMixin, TransformerMixin, BaseEstim
         X, observed = self._validate(X, reset=False)
         model = self._model()
         x, mask = self._tensors(X, observed)
-        noise = self._noise(self.n_samples, self._posterior_noise_dim(), 0, None)
+        noise = self._noise(self.n_samples, model.partial_posterior.noise_dim, 0, None)
         imputed = np.array(X, dtype=np.float64, copy=True)
         rows = np.flatnonzero(~observed.all(axis=1))
         for chunk in self._chunks(len(rows), self.n_samples):
@@ -585,7 +581,7 @@ class PosteriorMatchingImputer(OneToOneFeatureMixin, TransformerMixin, BaseEstim
         X, observed = self._validate(X, reset=False)
         model = self._model()
         x, mask = self._tensors(X, observed)
-        latent_noise = self._noise(n_samples, self._posterior_noise_dim(), 1, random_state)
+        latent_noise = self._noise(n_samples, model.partial_posterior.noise_dim, 1, random_state)
         value_noise = self._noise(n_samples, X.shape[1], 2, random_state)
         draws = np.empty((n_samples,) + X.shape, dtype=np.float64)
         for chunk in self._chunks(X.shape[0], n_samples):
@@ -614,7 +610,7 @@ class PosteriorMatchingImputer(OneToOneFeatureMixin, TransformerMixin, BaseEstim
         x, target_t = self._tensors(X, target)
         observed_t = torch.as_tensor(observed, device=x.device)
         encoder_noise = self._noise(n_samples, model.latent_dim, 3, None)
-        posterior_noise = self._noise(n_samples, self._posterior_noise_dim(), 4, None)
+        posterior_noise = self._noise(n_samples, model.partial_posterior.noise_dim, 4, None)
         scores = np.empty(X.shape[0])
         for chunk in self._chunks(X.shape[0], n_samples):
             values = model.log_conditional(

@@ -218,6 +218,11 @@ class PartialPosterior(nn.Module):
     def _context_features(self, hidden_layer_sizes: Sequence[int]) -> int:
         return hidden_layer_sizes[-1]
 
+    @property
+    def noise_dim(self) -> int:
+        """Standard normals per latent draw (see ``from_noise``)."""
+        return self.latent_dim
+
     def distribution(self, context: torch.Tensor) -> Distribution:
         raise NotImplementedError
 
@@ -259,6 +264,11 @@ class AutoregressivePosterior(PartialPosterior):
         width = hidden_layer_sizes[-1]
         self.n_components = n_components
         self.made = MADE(latent_dim, width, width, 3 * n_components, n_blocks=0)
+
+    @property
+    def noise_dim(self) -> int:
+        """``L`` normals for the values and ``L`` more that choose the mixture components."""
+        return 2 * self.latent_dim
 
     def distribution(self, context: torch.Tensor) -> AutoregressiveMixture:
         return AutoregressiveMixture(self.made, context, self.n_components)
