@@ -364,7 +364,6 @@ class PosteriorMatchingImputer(OneToOneFeatureMixin, TransformerMixin, BaseEstim
         return np.where(observed, (X - self.mean_) / self.scale_, 0.0)
 
     def _initialise(self, X: np.ndarray, observed: np.ndarray) -> None:
-        self._check_params()
         random_state = check_random_state(self.random_state)
         self._training_seed_, self._split_seed_, self._inference_seed_ = (
             int(s) for s in random_state.randint(0, 2**31 - 1, size=3)
@@ -456,14 +455,13 @@ class PosteriorMatchingImputer(OneToOneFeatureMixin, TransformerMixin, BaseEstim
         -------
         self
         """
-        warm = self.warm_start and hasattr(self, "model_")
-        if warm:
+        self._check_params()
+        if self.warm_start and hasattr(self, "model_"):
             X, observed = self._validate(X, reset=False)
             _check_rows_observed(observed)
         else:
             X, observed = self._validate_training_data(X)
             self._initialise(X, observed)
-        self._check_params()
         x, mask = self._tensors(X, observed)
         train_rows, validation_rows = (
             torch.as_tensor(rows, device=x.device) for rows in self._split(X.shape[0])
@@ -491,6 +489,7 @@ class PosteriorMatchingImputer(OneToOneFeatureMixin, TransformerMixin, BaseEstim
         -------
         self
         """
+        self._check_params()
         if not hasattr(self, "model_"):
             X, observed = self._validate_training_data(X)
             self._initialise(X, observed)

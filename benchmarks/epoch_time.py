@@ -11,7 +11,6 @@ Run: ``python benchmarks/epoch_time.py`` (writes benchmarks/results/epoch_time.{
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import statistics
@@ -21,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from _results import write_results
 from torch import nn
 
 from afa import PosteriorMatchingImputer, __version__
@@ -172,11 +172,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     record = run(args.rows, args.repeats)
-    args.output_dir.mkdir(parents=True, exist_ok=True)
-    (args.output_dir / "epoch_time.json").write_text(json.dumps(record, indent=2) + "\n")
-    markdown = to_markdown(record)
-    (args.output_dir / "epoch_time.md").write_text(markdown)
-    print(markdown, end="")
+    write_results(record, to_markdown(record), args.output_dir, "epoch_time")
 
 
 if __name__ == "__main__":

@@ -20,13 +20,13 @@ benchmarks/results/uci_imputation.{json,md}).
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from _results import write_results
 from sklearn.experimental import enable_iterative_imputer  # noqa: F401
 from sklearn.impute import IterativeImputer, KNNImputer
 
@@ -158,11 +158,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     record = run(args.datasets, args.max_test_rows, args.n_samples, args.posteriors)
-    args.output_dir.mkdir(parents=True, exist_ok=True)
-    (args.output_dir / "uci_imputation.json").write_text(json.dumps(record, indent=2) + "\n")
-    markdown = to_markdown(record)
-    (args.output_dir / "uci_imputation.md").write_text(markdown)
-    print(markdown, end="")
+    write_results(record, to_markdown(record), args.output_dir, "uci_imputation")
 
 
 if __name__ == "__main__":
