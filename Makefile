@@ -22,7 +22,7 @@ lint: $(STAMP)
 	$(BIN)/ruff check afa tests benchmarks
 
 bench: $(STAMP)
-	$(BIN)/python benchmarks/epoch_time.py
+	$(BIN)/python -m benchmarks.epoch_time
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis build *.egg-info

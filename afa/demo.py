@@ -14,18 +14,17 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from sklearn.base import BaseEstimator
 from sklearn.experimental import enable_iterative_imputer  # noqa: F401
 from sklearn.impute import IterativeImputer, KNNImputer, SimpleImputer
 from sklearn.model_selection import train_test_split
-from sklearn.utils.validation import check_is_fitted
 
+from afa.baselines import GaussianImputer
 from afa.datasets import load_demo_table
 from afa.impute import PosteriorMatchingImputer
 from afa.masks import mcar_mask
-from afa.metrics import gaussian_conditional_log_likelihood, gaussian_conditional_mean, nrmse
+from afa.metrics import nrmse
 
-__all__ = ["GaussianImputer", "default_methods", "evaluate", "format_table", "run_demo"]
+__all__ = ["default_methods", "evaluate", "format_table", "run_demo"]
 
 logger = logging.getLogger(__name__)
 
@@ -40,42 +39,6 @@ POSTERIORS = ("gaussian", "autoregressive", "flow", "spline")
 MISSING_RATE = 0.5
 TEST_SIZE = 0.25
 ITERATIVE_MAX_ITER = 25
-
-
-class GaussianImputer(BaseEstimator):
-    """The exact-Gaussian baseline: one multivariate Gaussian fitted to complete rows.
-
-    ``transform`` imputes the exact conditional mean and ``score_conditional`` returns the
-    exact conditional log-likelihood, both in the input's units.
-
-    Examples
-    --------
-    >>> rng = np.random.default_rng(0)
-    >>> X = rng.normal(size=(500, 2)) @ [[1.0, 0.9], [0.0, 0.4]]
-    >>> imp = GaussianImputer().fit(X)
-    >>> imp.transform([[1.0, np.nan]]).round(1)
-    array([[1. , 0.9]])
-    """
-
-    def fit(self, X: Any, y: None = None) -> GaussianImputer:
-        """Estimate the mean and the (unbiased) covariance of complete rows ``X``."""
-        X = np.asarray(X, dtype=np.float64)
-        if np.isnan(X).any():
-            raise ValueError("GaussianImputer needs complete training rows; X has NaN.")
-        self.mean_ = X.mean(axis=0)
-        self.covariance_ = np.cov(X, rowvar=False)
-        return self
-
-    def transform(self, X: Any) -> np.ndarray:
-        """Replace NaN entries by their exact conditional mean given the row's other entries."""
-        check_is_fitted(self)
-        X = np.asarray(X, dtype=np.float64)
-        return gaussian_conditional_mean(self.mean_, self.covariance_, X, ~np.isnan(X))
-
-    def score_conditional(self, X: Any, observed_mask: Any) -> np.ndarray:
-        """Exact ``log p(x_u | x_o)`` per row, in nats, summed over the unobserved entries."""
-        check_is_fitted(self)
-        return gaussian_conditional_log_likelihood(self.mean_, self.covariance_, X, observed_mask)
 
 
 def default_methods(random_state: int = 0) -> dict[str, Any]:

@@ -22,7 +22,7 @@ from afa.posteriors import POSTERIOR_FAMILIES
 
 __all__ = ["PosteriorMatchingImputer"]
 
-_NOISE_ELEMENTS_PER_CHUNK = 2**17  # rows x samples x features processed at once at inference
+_NOISE_ELEMENTS_PER_CHUNK = 2**20  # rows x samples x features processed at once at inference
 
 
 @dataclass(frozen=True)
@@ -115,10 +115,14 @@ class PosteriorMatchingImputer(OneToOneFeatureMixin, TransformerMixin, BaseEstim
         Decoder likelihood. ``"gaussian"`` has a learned scale per feature (see
         ``decoder_scale``); ``"bernoulli"`` is for data in [0, 1] and is fitted on the raw
         values (no standardisation).
-    decoder_scale : {"heteroscedastic", "feature", "shared"}, default="heteroscedastic"
+    decoder_scale : {"heteroscedastic", "correlated", "feature", "shared"}, \
+default="heteroscedastic"
         Scale of the Gaussian decoder: per feature and depending on ``z`` (the decoder
-        outputs it), one constant per feature, or one constant for all features. The
-        heteroscedastic scale fits skewed and discrete-valued columns far better.
+        outputs it); the same plus one learned correlation matrix between features, so
+        ``p(x | z)`` is a full-covariance Gaussian and imputation adds the Gaussian
+        regression of ``x_u`` on ``x_o`` given ``z``; one constant per feature; or one
+        constant for all features. The heteroscedastic scale fits skewed and
+        discrete-valued columns far better than a constant one.
     hidden_layer_sizes : tuple of int or "auto", default="auto"
         Widths of the residual blocks of every network; ``"auto"`` uses two blocks of 64, 128
         or 256 units as the table grows.
@@ -280,7 +284,7 @@ class PosteriorMatchingImputer(OneToOneFeatureMixin, TransformerMixin, BaseEstim
             raise ValueError(f"n_samples must be a positive integer; got {self.n_samples!r}.")
         choice("posterior", POSTERIOR_FAMILIES)
         choice("likelihood", {"gaussian", "bernoulli"})
-        choice("decoder_scale", {"heteroscedastic", "feature", "shared"})
+        choice("decoder_scale", {"heteroscedastic", "correlated", "feature", "shared"})
         choice("training_mask", TRAINING_MASKS)
         choice("kl_schedule", {"constant", "cyclical"})
         sizes = self.hidden_layer_sizes
@@ -525,7 +529,7 @@ class PosteriorMatchingImputer(OneToOneFeatureMixin, TransformerMixin, BaseEstim
         return values
 
     # ------------------------------------------------------------------ public inference
-    @torch.no_grad()
+    @torch.inference_mode()
     def transform(self, X):
         """Replace missing entries by ``E[x_u | x_o]``; observed entries are returned unchanged.
 
@@ -556,7 +560,7 @@ class PosteriorMatchingImputer(OneToOneFeatureMixin, TransformerMixin, BaseEstim
         result = np.where(observed, X, imputed.astype(X.dtype))
         return self._wrap_like(result, X_in)
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def sample(self, X, n_samples: int = 10, random_state: int | None = None) -> np.ndarray:
         """Multiple imputations: draws of ``x_u`` from the model given ``x_o``.
 
@@ -600,7 +604,7 @@ class PosteriorMatchingImputer(OneToOneFeatureMixin, TransformerMixin, BaseEstim
             mask = mask.astype(bool)
         return mask
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def _log_conditional(
         self, X: np.ndarray, target: np.ndarray, observed: np.ndarray, n_samples: int
     ) -> np.ndarray:

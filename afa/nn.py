@@ -98,8 +98,9 @@ class _MaskedLinear(nn.Linear):
         super().__init__(mask.shape[1], mask.shape[0])
         self.register_buffer("mask", mask.to(self.weight.dtype))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return nn.functional.linear(x, self.weight * self.mask, self.bias)
+    def forward(self, x: torch.Tensor, rows: slice = slice(None)) -> torch.Tensor:
+        """The masked linear map, restricted to output ``rows`` when given."""
+        return nn.functional.linear(x, self.weight[rows] * self.mask[rows], self.bias[rows])
 
 
 class MADE(nn.Module):
@@ -153,13 +154,23 @@ class MADE(nn.Module):
         )
         self.output_layer = _MaskedLinear(output_degrees[:, None] > hidden_degrees[None, :])
 
-    def forward(self, inputs: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, inputs: torch.Tensor, context: torch.Tensor, feature: int | None = None
+    ) -> torch.Tensor:
         """Return outputs of shape ``inputs.shape + (n_outputs_per_feature,)``.
 
         ``context`` has shape ``(n, context_features)`` and ``inputs`` ``(..., n, n_features)``.
+        With ``feature`` given, only that variable's block is computed (sequential sampling
+        needs one block per pass): shape ``inputs.shape[:-1] + (n_outputs_per_feature,)``.
         """
         hidden = self.input_layer(inputs) + self.context_layer(context)
         for first, second in self.blocks:
             hidden = hidden + second(torch.relu(first(torch.relu(hidden))))
+        if feature is not None:
+            return self.output_layer(torch.relu(hidden), self._output_rows(feature))
         outputs = self.output_layer(torch.relu(hidden))
         return outputs.unflatten(-1, (self.n_features, self.n_outputs_per_feature))
+
+    def _output_rows(self, feature: int) -> slice:
+        width = self.n_outputs_per_feature
+        return slice(feature * width, (feature + 1) * width)

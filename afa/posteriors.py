@@ -105,15 +105,16 @@ class AutoregressiveMixture(_NoiseSampling, Distribution):
         return 2 * self.event_shape[0]
 
     def _mixture_parameters(
-        self, z: torch.Tensor
+        self, outputs: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        outputs = self.made(z, self.context).unflatten(-1, (self.n_components, 3))
+        """Log-weights, means and scales from MADE outputs ``(..., 3 * n_components)``."""
+        outputs = outputs.unflatten(-1, (self.n_components, 3))
         log_weights = torch.log_softmax(outputs[..., 0], dim=-1)
         scales = nn.functional.softplus(outputs[..., 2]) + _MIN_SCALE
         return log_weights, outputs[..., 1], scales
 
     def log_prob(self, value: torch.Tensor) -> torch.Tensor:
-        log_weights, means, scales = self._mixture_parameters(value)
+        log_weights, means, scales = self._mixture_parameters(self.made(value, self.context))
         standardized = (value.unsqueeze(-1) - means) / scales
         component_log_prob = (
             -0.5 * standardized.square() - torch.log(scales) - 0.5 * math.log(2 * math.pi)
@@ -130,13 +131,14 @@ class AutoregressiveMixture(_NoiseSampling, Distribution):
             device=noise.device,
             dtype=noise.dtype,
         )
-        for i in range(latent_dim):
-            log_weights, means, scales = self._mixture_parameters(z)
-            cumulative = torch.cumsum(log_weights[..., i, :].exp(), dim=-1)
+        for i in range(latent_dim):  # one MADE pass per dimension, computing only its block
+            outputs = self.made(z, self.context, feature=i)
+            log_weights, means, scales = self._mixture_parameters(outputs)
+            cumulative = torch.cumsum(log_weights.exp(), dim=-1)
             component = (cumulative < uniforms[..., i : i + 1]).sum(-1, keepdim=True)
             component = component.clamp(max=self.n_components - 1)
-            mean = means[..., i, :].gather(-1, component).squeeze(-1)
-            scale = scales[..., i, :].gather(-1, component).squeeze(-1)
+            mean = means.gather(-1, component).squeeze(-1)
+            scale = scales.gather(-1, component).squeeze(-1)
             z[..., i] = mean + scale * values[..., i]
         return z
 

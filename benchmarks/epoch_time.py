@@ -5,7 +5,7 @@ each family the estimator is built by a first ``partial_fit`` (one epoch, not ti
 timed over ``--repeats`` further ``partial_fit`` calls; the median is reported, next to a plain
 MLP VAE (no partial posterior) trained the same way.
 
-Run: ``python benchmarks/epoch_time.py`` (writes benchmarks/results/epoch_time.{json,md}).
+Run: ``python -m benchmarks.epoch_time`` (writes benchmarks/results/epoch_time.{json,md}).
 """
 
 from __future__ import annotations
@@ -20,10 +20,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from _results import write_results
 from torch import nn
 
 from afa import PosteriorMatchingImputer, __version__
+from benchmarks._results import write_results
 
 POSTERIORS = ("gaussian", "autoregressive", "flow", "spline")
 BASELINE = "plain VAE"

@@ -7,12 +7,12 @@ import sys
 
 import numpy as np
 import pytest
-from sklearn.exceptions import NotFittedError
 from sklearn.impute import SimpleImputer
 
 import afa
+from afa.baselines import GaussianImputer
 from afa.cli import build_parser, main
-from afa.demo import COLUMNS, GaussianImputer, default_methods, evaluate, format_table
+from afa.demo import COLUMNS, default_methods, evaluate, format_table
 from afa.masks import mcar_mask
 
 
@@ -66,19 +66,3 @@ def test_evaluate_and_format_on_a_tiny_problem():
     lines = format_table(results).splitlines()
     assert len(lines) == 4
     assert lines[3].split(" | ")[2] == "—"
-
-
-def test_gaussian_imputer_keeps_observed_entries():
-    rng = np.random.default_rng(1)
-    X = rng.normal(size=(50, 3))
-    X_nan = X[:5].copy()
-    X_nan[0, 1] = X_nan[2, 0] = np.nan
-    imputed = GaussianImputer().fit(X).transform(X_nan)
-    observed = ~np.isnan(X_nan)
-    np.testing.assert_array_equal(imputed[observed], X_nan[observed])
-    assert not np.isnan(imputed).any()
-
-
-def test_gaussian_imputer_must_be_fitted():
-    with pytest.raises(NotFittedError):
-        GaussianImputer().transform(np.zeros((1, 2)))

@@ -18,9 +18,10 @@ SETTINGS = settings(
 )
 
 
-@pytest.fixture(scope="module")
-def imputer():
-    return tiny_imputer().fit(with_missing(make_data(seed=3), seed=4))
+@pytest.fixture(scope="module", params=["heteroscedastic", "correlated"])
+def imputer(request):
+    fitted = tiny_imputer(decoder_scale=request.param)
+    return fitted.fit(with_missing(make_data(seed=3), seed=4))
 
 
 values = st.floats(min_value=-1e3, max_value=1e3, allow_nan=False, allow_infinity=False)

@@ -9,6 +9,7 @@ import torch
 
 from afa.models import (
     BernoulliLikelihood,
+    CorrelatedGaussianLikelihood,
     GaussianLikelihood,
     PosteriorMatchingVAE,
     make_likelihood,
@@ -25,20 +26,20 @@ def test_gaussian_likelihood_matches_torch_normal():
         lik.raw_scale.copy_(torch.tensor([-1.0, 0.0, 2.0]))
     x, out = torch.randn(4, 3), torch.randn(4, 3)
     expected = torch.distributions.Normal(out, lik.parameters_from(out)[1]).log_prob(x)
-    torch.testing.assert_close(lik.log_prob(x, out), expected)
+    torch.testing.assert_close(lik.element_log_prob(x, out), expected)
     assert torch.equal(lik.mean(out), out)
 
 
 def test_heteroscedastic_likelihood_reads_mean_and_scale_from_the_decoder():
     lik = GaussianLikelihood(3, scale="heteroscedastic", min_scale=1e-3)
-    assert lik.outputs_per_feature == 2
+    assert lik.n_outputs(3) == 6
     x, out = torch.randn(4, 3), torch.randn(4, 6)
     mean, scale = lik.parameters_from(out)
     torch.testing.assert_close(mean, out[:, :3])
     assert torch.all(scale > 1e-3)
     assert not torch.allclose(scale[0], scale[1])  # the scale depends on the row's output
     expected = torch.distributions.Normal(mean, scale).log_prob(x)
-    torch.testing.assert_close(lik.log_prob(x, out), expected)
+    torch.testing.assert_close(lik.element_log_prob(x, out), expected)
     with pytest.raises(ValueError, match="scale"):
         GaussianLikelihood(3, scale="nope")
 
@@ -66,7 +67,7 @@ def test_bernoulli_likelihood_matches_torch_bernoulli():
     logits = torch.randn(5, 3) * 3
     x = (torch.rand(5, 3) < 0.5).float()
     expected = torch.distributions.Bernoulli(logits=logits).log_prob(x)
-    torch.testing.assert_close(lik.log_prob(x, logits), expected)
+    torch.testing.assert_close(lik.element_log_prob(x, logits), expected)
     torch.testing.assert_close(lik.mean(logits), torch.sigmoid(logits))
 
 
@@ -76,7 +77,7 @@ def test_bernoulli_likelihood_fractional_and_broadcast():
     x = torch.rand(4, 2)
     p = torch.sigmoid(logits)
     expected = x * torch.log(p) + (1 - x) * torch.log1p(-p)
-    result = lik.log_prob(x, logits)
+    result = lik.element_log_prob(x, logits)
     assert result.shape == (7, 4, 2)
     torch.testing.assert_close(result, expected, atol=1e-5, rtol=1e-5)
 
@@ -97,6 +98,85 @@ def test_make_likelihood():
 
 
 # ---------------------------------------------------------------- VAE
+
+
+@pytest.fixture
+def correlated() -> tuple[CorrelatedGaussianLikelihood, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A correlated likelihood with a random correlation, outputs, rows and masks."""
+    torch.manual_seed(0)
+    likelihood = CorrelatedGaussianLikelihood(5)
+    with torch.no_grad():
+        likelihood.raw_factor.copy_(torch.randn(5, 5))
+    output, x = torch.randn(4, 10), torch.randn(4, 5)
+    mask = torch.tensor(
+        [[1, 0, 1, 0, 1], [1, 1, 1, 1, 1], [0, 0, 0, 1, 0], [0, 0, 0, 0, 0]], dtype=torch.bool
+    )
+    return likelihood, output, x, mask
+
+
+def _covariance(likelihood, output, row):
+    scale = likelihood.parameters_from(output)[1][row]
+    return scale[:, None] * likelihood.correlation() * scale[None, :]
+
+
+def test_correlation_is_a_correlation_matrix(correlated):
+    correlation = correlated[0].correlation().detach()
+    torch.testing.assert_close(correlation.diagonal(), torch.ones(5))
+    torch.testing.assert_close(correlation, correlation.T)
+    assert torch.linalg.eigvalsh(correlation).min() > 0
+    assert torch.equal(CorrelatedGaussianLikelihood(3).correlation(), torch.eye(3))
+
+
+def test_correlated_log_prob_is_the_observed_marginal(correlated):
+    likelihood, output, x, mask = correlated
+    mean = likelihood.mean(output)
+    with torch.no_grad():
+        values = likelihood.log_prob(x, output, mask)
+    for row in range(3):
+        o = mask[row]
+        covariance = _covariance(likelihood, output, row).detach()
+        marginal = torch.distributions.MultivariateNormal(mean[row, o], covariance[o][:, o])
+        torch.testing.assert_close(values[row], marginal.log_prob(x[row, o]).detach())
+    assert values[3] == 0  # nothing observed
+    with torch.no_grad():  # a fully observed batch takes the single-factorisation path
+        complete = likelihood.log_prob(x[1:2], output[1:2], mask[1:2])
+    torch.testing.assert_close(complete, values[1:2])
+
+
+def test_correlated_conditional_mean_and_draws_match_the_gaussian_conditional(correlated):
+    likelihood, output, x, mask = correlated
+    mean = likelihood.mean(output).detach()
+    n_draws = 100_000
+    with torch.no_grad():
+        centre = likelihood.conditional_mean(x, output, mask)
+        draws = likelihood.conditional_sample(
+            x, output.expand(n_draws, 4, 10), mask, torch.randn(n_draws, 1, 5)
+        )
+    assert torch.equal(draws[:, mask], x[mask].expand(n_draws, -1))
+    for row in (0, 2, 3):
+        o, u = mask[row], ~mask[row]
+        covariance = _covariance(likelihood, output, row).detach()
+        gain = covariance[u][:, o] @ torch.linalg.inv(covariance[o][:, o])
+        expected_mean = mean[row, u] + gain @ (x[row, o] - mean[row, o])
+        expected_covariance = covariance[u][:, u] - gain @ covariance[o][:, u]
+        torch.testing.assert_close(centre[row, u], expected_mean, atol=1e-5, rtol=1e-5)
+        assert torch.equal(centre[row, o], x[row, o])
+        sample = draws[:, row][:, u]
+        torch.testing.assert_close(sample.mean(0), expected_mean, atol=0.03, rtol=0)
+        torch.testing.assert_close(torch.cov(sample.T), expected_covariance, atol=0.05, rtol=0.02)
+
+
+def test_identity_correlation_is_the_heteroscedastic_likelihood():
+    correlated, factorised = (
+        CorrelatedGaussianLikelihood(4),
+        GaussianLikelihood(4, "heteroscedastic"),
+    )
+    x, mask = _batch(n=6, seed=3)
+    output = torch.randn(2, 6, 8)
+    with torch.no_grad():
+        torch.testing.assert_close(
+            correlated.log_prob(x, output, mask), factorised.log_prob(x, output, mask)
+        )
 
 
 def _vae(posterior="gaussian", **kwargs):
@@ -189,7 +269,7 @@ def test_decoder_log_prob_counts_only_masked_entries():
     z = torch.randn(3, 6, 2)
     with torch.no_grad():
         value = vae.decoder_log_prob(x, mask, z)
-        elementwise = vae.likelihood.log_prob(x, vae.decoder(z))
+        elementwise = vae.likelihood.element_log_prob(x, vae.decoder(z))
         x_nan = torch.where(mask, x, torch.full_like(x, float("nan")))
         value_nan = vae.decoder_log_prob(x_nan, mask, z)
     assert value.shape == (3, 6)
@@ -288,12 +368,14 @@ def test_bernoulli_vae_means_in_unit_interval():
     with torch.no_grad():
         means = vae.decoder_means(x, mask, torch.randn(5, 1, 2))
         draws = vae.sample_completions(x, mask, torch.randn(5, 1, 2), torch.randn(5, 1, 4))
-    assert ((means > 0) & (means < 1)).all()
+    assert ((means[:, ~mask] > 0) & (means[:, ~mask] < 1)).all()
+    assert torch.equal(means[:, mask], x[mask].expand(5, -1))
     assert set(draws.unique().tolist()) <= {0.0, 1.0}
 
 
-def test_loss_gradients_finite_when_masked_out_entries_hold_nan():
-    vae = _vae()
+@pytest.mark.parametrize("decoder_scale", ["heteroscedastic", "correlated"])
+def test_loss_gradients_finite_when_masked_out_entries_hold_nan(decoder_scale):
+    vae = _vae(decoder_scale=decoder_scale)
     x, mask = _batch()
     x = torch.where(mask, x, torch.full_like(x, float("nan")))
     loss, _ = vae.loss(x, mask, torch.Generator().manual_seed(0))

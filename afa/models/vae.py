@@ -57,9 +57,11 @@ class PosteriorMatchingVAE(nn.Module):
     stop_gradient : bool, default=True
         Detach the encoder sample in the PM term, so PM trains only ``q(z|x_o)``.
     training_mask : {"bernoulli", "uniform"}, default="bernoulli"
-    decoder_scale : {"heteroscedastic", "feature", "shared"}, default="heteroscedastic"
-        Scale of a Gaussian decoder: output by the decoder per feature and per ``z``, one
-        learned scale per feature, or one for all features.
+    decoder_scale : {"heteroscedastic", "correlated", "feature", "shared"}, \
+default="heteroscedastic"
+        Scale of a Gaussian decoder: output by the decoder per feature and per ``z``; the
+        same plus a learned correlation between features; one learned scale per feature;
+        or one for all features.
 
     Examples
     --------
@@ -96,7 +98,7 @@ class PosteriorMatchingVAE(nn.Module):
         self.likelihood = make_likelihood(likelihood, n_features, decoder_scale)
         self.decoder = ResidualMLP(
             latent_dim,
-            n_features * self.likelihood.outputs_per_feature,
+            self.likelihood.n_outputs(n_features),
             hidden_layer_sizes,
             dropout,
         )
@@ -140,9 +142,8 @@ class PosteriorMatchingVAE(nn.Module):
     def decoder_log_prob(
         self, x: torch.Tensor, mask: torch.Tensor, z: torch.Tensor
     ) -> torch.Tensor:
-        """``Σ_{j: mask_j} log p(x_j | z)``, broadcasting over leading sample dimensions."""
-        element_log_prob = self.likelihood.log_prob(x, self.decoder(z))
-        return torch.where(mask, element_log_prob, torch.zeros_like(element_log_prob)).sum(-1)
+        """``log p(x_mask | z)``, broadcasting over leading sample dimensions of ``z``."""
+        return self.likelihood.log_prob(x, self.decoder(z), mask)
 
     def log_marginal(
         self, x: torch.Tensor, mask: torch.Tensor, proposal: Distribution, noise: torch.Tensor
@@ -180,9 +181,31 @@ class PosteriorMatchingVAE(nn.Module):
     def decoder_means(
         self, x: torch.Tensor, mask: torch.Tensor, noise: torch.Tensor
     ) -> torch.Tensor:
-        """Decoder means at ``z ~ q(z | x_o)``: shape ``(K, n, d)`` for noise ``(K, 1, ·)``."""
+        """``E[x | x_o, z]`` at ``z ~ q(z | x_o)``: shape ``(K, n, d)`` for noise ``(K, 1, ·)``.
+
+        Observed entries are kept; for a factorised likelihood the others are decoder means.
+        """
         z = self.partial_posterior(x, mask).from_noise(noise)
-        return self.likelihood.mean(self.decoder(z))
+        return self.likelihood.conditional_mean(x, self.decoder(z), mask)
+
+    def importance_weighted_means(
+        self, x: torch.Tensor, mask: torch.Tensor, noise: torch.Tensor
+    ) -> torch.Tensor:
+        """Self-normalised importance estimate of ``E[x | x_o]``, shape ``(n, d)``.
+
+        The latents ``z_k ~ q(z | x_o)`` are weighted by ``p(x_o | z_k) p(z_k) / q(z_k | x_o)``,
+        so the estimate converges to the model's own conditional mean even where the partial
+        posterior is off.
+        """
+        z, proposal_log_prob = self.partial_posterior(x, mask).sample_with_log_prob(noise)
+        output = self.decoder(z)
+        log_weights = (
+            self.likelihood.log_prob(x, output, mask)
+            + _standard_normal_log_prob(z)
+            - proposal_log_prob
+        )
+        weights = torch.softmax(log_weights, dim=0).unsqueeze(-1)
+        return (weights * self.likelihood.conditional_mean(x, output, mask)).sum(0)
 
     def sample_completions(
         self,
@@ -193,4 +216,4 @@ class PosteriorMatchingVAE(nn.Module):
     ) -> torch.Tensor:
         """Draws from ``p(x | z)`` at ``z ~ q(z | x_o)``: shape ``(K, n, d)``."""
         z = self.partial_posterior(x, mask).from_noise(latent_noise)
-        return self.likelihood.sample(self.decoder(z), value_noise)
+        return self.likelihood.conditional_sample(x, self.decoder(z), mask, value_noise)
