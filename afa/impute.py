@@ -22,7 +22,10 @@ from afa.posteriors import POSTERIOR_FAMILIES
 
 __all__ = ["PosteriorMatchingImputer"]
 
-_NOISE_ELEMENTS_PER_CHUNK = 2**20  # rows x samples x features processed at once at inference
+_NOISE_ELEMENTS_PER_CHUNK = 2**20
+# A correlated decoder factorises a d x d matrix per row and mask; beyond this width the
+# cost outgrows its benefit, and "auto" falls back to the factorised heteroscedastic decoder.
+_MAX_CORRELATED_FEATURES = 64  # rows x samples x features processed at once at inference
 
 
 @dataclass(frozen=True)
@@ -30,6 +33,7 @@ class _Capacity:
     """Size-dependent choices behind the ``"auto"`` parameters."""
 
     latent_dim: int
+    decoder_scale: str
     hidden_layer_sizes: tuple[int, ...]
     dropout: float
     weight_decay: float
@@ -51,6 +55,7 @@ def _auto_capacity(n_rows: int, n_features: int) -> _Capacity:
     steps_per_epoch = max(1, math.ceil(n_rows / batch_size))
     return _Capacity(
         latent_dim=int(min(16, max(2, n_features))),
+        decoder_scale="correlated" if n_features <= _MAX_CORRELATED_FEATURES else "heteroscedastic",
         hidden_layer_sizes=(width, width),
         dropout=0.1 if n_rows < 5_000 else 0.0,
         weight_decay=1e-2 if n_rows < 5_000 else 1e-4,
@@ -115,14 +120,15 @@ class PosteriorMatchingImputer(OneToOneFeatureMixin, TransformerMixin, BaseEstim
         Decoder likelihood. ``"gaussian"`` has a learned scale per feature (see
         ``decoder_scale``); ``"bernoulli"`` is for data in [0, 1] and is fitted on the raw
         values (no standardisation).
-    decoder_scale : {"heteroscedastic", "correlated", "feature", "shared"}, \
-default="heteroscedastic"
-        Scale of the Gaussian decoder: per feature and depending on ``z`` (the decoder
-        outputs it); the same plus one learned correlation matrix between features, so
-        ``p(x | z)`` is a full-covariance Gaussian and imputation adds the Gaussian
-        regression of ``x_u`` on ``x_o`` given ``z``; one constant per feature; or one
-        constant for all features. The heteroscedastic scale fits skewed and
-        discrete-valued columns far better than a constant one.
+    decoder_scale : {"auto", "correlated", "heteroscedastic", "feature", "shared"}, \
+default="auto"
+        Covariance of the Gaussian decoder ``p(x | z)``. ``"heteroscedastic"``: a scale per
+        feature that the decoder outputs for each ``z``. ``"correlated"``: the same scales
+        times one learned correlation matrix, so ``p(x | z)`` is a full-covariance Gaussian
+        and imputation adds the Gaussian regression of ``x_u`` on ``x_o`` given ``z``.
+        ``"feature"`` / ``"shared"``: one constant scale per feature / for all features.
+        ``"auto"`` is ``"correlated"`` up to 64 features (it costs a ``d x d`` Cholesky
+        factorisation per row and mask), else ``"heteroscedastic"``.
     hidden_layer_sizes : tuple of int or "auto", default="auto"
         Widths of the residual blocks of every network; ``"auto"`` uses two blocks of 64, 128
         or 256 units as the table grows.
@@ -208,7 +214,7 @@ default="heteroscedastic"
         latent_dim: int | str = "auto",
         posterior: str = "autoregressive",
         likelihood: str = "gaussian",
-        decoder_scale: str = "heteroscedastic",
+        decoder_scale: str = "auto",
         hidden_layer_sizes: tuple[int, ...] | str = "auto",
         dropout: float | str = "auto",
         pm_weight: float = 1.0,
@@ -284,7 +290,7 @@ default="heteroscedastic"
             raise ValueError(f"n_samples must be a positive integer; got {self.n_samples!r}.")
         choice("posterior", POSTERIOR_FAMILIES)
         choice("likelihood", {"gaussian", "bernoulli"})
-        choice("decoder_scale", {"heteroscedastic", "correlated", "feature", "shared"})
+        choice("decoder_scale", {"auto", "heteroscedastic", "correlated", "feature", "shared"})
         choice("training_mask", TRAINING_MASKS)
         choice("kl_schedule", {"constant", "cyclical"})
         sizes = self.hidden_layer_sizes
@@ -314,6 +320,7 @@ default="heteroscedastic"
         auto = _auto_capacity(n_rows, n_features)
         chosen = {
             "latent_dim": self.latent_dim,
+            "decoder_scale": self.decoder_scale,
             "hidden_layer_sizes": self.hidden_layer_sizes,
             "dropout": self.dropout,
             "weight_decay": self.weight_decay,
@@ -394,7 +401,7 @@ default="heteroscedastic"
                 pm_weight=self.pm_weight,
                 stop_gradient=self.stop_gradient,
                 training_mask=self.training_mask,
-                decoder_scale=self.decoder_scale,
+                decoder_scale=capacity.decoder_scale,
             )
         self.model_ = model.to(resolve_device(self.device))
         self._n_training_rows_ = X.shape[0]

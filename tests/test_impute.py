@@ -445,13 +445,26 @@ def test_auto_parameters_resolve(data_nan):
         "batch_size",
         "max_iter",
     }
-    assert not any(isinstance(v, str) for v in hp.values())  # every "auto" is resolved
+    assert "auto" not in hp.values()  # every "auto" is resolved
+    assert hp["decoder_scale"] == "correlated"  # a narrow table gets the correlated decoder
     assert isinstance(hp["latent_dim"], int) and hp["latent_dim"] >= 1
     assert isinstance(hp["hidden_layer_sizes"], tuple)
     assert all(isinstance(s, int) and s > 0 for s in hp["hidden_layer_sizes"])
     assert isinstance(hp["batch_size"], int) and hp["batch_size"] >= 1
     assert hp["max_iter"] == 1 and imp.n_iter_ == 1
     assert np.all(np.isfinite(imp.transform(data_nan[:40])))
+
+
+def test_wide_tables_get_the_factorised_decoder(monkeypatch):
+    import afa.impute
+
+    monkeypatch.setattr(afa.impute, "_MAX_CORRELATED_FEATURES", 3)
+    X = np.random.default_rng(0).normal(size=(60, 4))
+    imp = PosteriorMatchingImputer(max_iter=1, n_samples=4, random_state=0).fit(X)
+    assert imp.hyperparameters_["decoder_scale"] == "heteroscedastic"
+    assert imp.set_params(decoder_scale="correlated").fit(X).hyperparameters_[
+        "decoder_scale"
+    ] == "correlated"
 
 
 def test_results_do_not_depend_on_inference_chunking(fitted, data_nan, data, monkeypatch):
