@@ -64,8 +64,15 @@ def kl_weight_schedule(kind: str, max_iter: int) -> Callable[[int], float]:
 
 
 def _parameter_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    matrices = [p for p in model.parameters() if p.ndim >= 2]
-    others = [p for p in model.parameters() if p.ndim < 2]
+    """Decay the weight matrices of layers; spare biases and the parameters a module names
+    in its ``no_weight_decay`` attribute (model quantities such as a correlation factor)."""
+    exempt = {
+        id(getattr(module, name))
+        for module in model.modules()
+        for name in getattr(module, "no_weight_decay", ())
+    }
+    matrices = [p for p in model.parameters() if p.ndim >= 2 and id(p) not in exempt]
+    others = [p for p in model.parameters() if p.ndim < 2 or id(p) in exempt]
     return [
         {"params": matrices, "weight_decay": weight_decay},
         {"params": others, "weight_decay": 0.0},

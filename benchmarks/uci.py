@@ -153,7 +153,7 @@ def load_split(name: str, settings: Settings) -> Split:
     )
 
 
-def test_masks(shape: tuple[int, int], trials: int) -> list[np.ndarray]:
+def trial_masks(shape: tuple[int, int], trials: int) -> list[np.ndarray]:
     """One Bernoulli(0.5) observed-mask per trial, identical for every method."""
     return [np.random.default_rng(trial).random(shape) >= MISSING_RATE for trial in range(trials)]
 
@@ -271,7 +271,7 @@ def evaluate(
 def run_dataset(name: str, settings: Settings) -> dict:
     """Every method on one dataset, on shared masks."""
     split = load_split(name, settings)
-    masks = test_masks(split.test.shape, settings.trials)
+    masks = trial_masks(split.test.shape, settings.trials)
     results = [
         evaluate(f"PM ({p})", posterior_matching(p, settings), split.train, split, masks, {})
         for p in settings.posteriors

@@ -23,8 +23,8 @@ def split() -> uci.Split:
     )
 
 
-def test_masks_are_bernoulli_half_and_the_same_on_every_call():
-    first, second = uci.test_masks((2000, 10), 5), uci.test_masks((2000, 10), 5)
+def test_trial_masks_are_bernoulli_half_and_the_same_on_every_call():
+    first, second = uci.trial_masks((2000, 10), 5), uci.trial_masks((2000, 10), 5)
     assert len(first) == 5
     for a, b in zip(first, second, strict=True):
         assert np.array_equal(a, b)
@@ -33,7 +33,7 @@ def test_masks_are_bernoulli_half_and_the_same_on_every_call():
 
 
 def test_evaluate_records_every_trial_and_the_per_row_costs(split):
-    masks = uci.test_masks(split.test.shape, 3)
+    masks = uci.trial_masks(split.test.shape, 3)
     record = uci.evaluate("mean", SimpleImputer(), split.train, split, masks, {})
     assert len(record["nrmse"]) == 3 and record["ll"] is None
     assert all(0.5 < value < 2.0 for value in record["nrmse"])
@@ -60,7 +60,7 @@ def test_training_row_selection_reports_both_variants(split):
 
 
 def test_markdown_has_caveats_and_published_rows(split):
-    masks = uci.test_masks(split.test.shape, 2)
+    masks = uci.trial_masks(split.test.shape, 2)
     record = {
         "settings": {"trials": 2, "n_samples": 512},
         "hardware": {"device": "cpu", "torch_threads": 2},

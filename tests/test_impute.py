@@ -446,7 +446,7 @@ def test_auto_parameters_resolve(data_nan):
         "max_iter",
     }
     assert "auto" not in hp.values()  # every "auto" is resolved
-    assert hp["decoder_scale"] == "correlated"  # a narrow table gets the correlated decoder
+    assert hp["decoder_scale"] == "heteroscedastic"  # 40 rows: too few for a correlation
     assert isinstance(hp["latent_dim"], int) and hp["latent_dim"] >= 1
     assert isinstance(hp["hidden_layer_sizes"], tuple)
     assert all(isinstance(s, int) and s > 0 for s in hp["hidden_layer_sizes"])
@@ -455,16 +455,20 @@ def test_auto_parameters_resolve(data_nan):
     assert np.all(np.isfinite(imp.transform(data_nan[:40])))
 
 
-def test_wide_tables_get_the_factorised_decoder(monkeypatch):
+def test_auto_decoder_follows_the_table_size(monkeypatch):
     import afa.impute
 
-    monkeypatch.setattr(afa.impute, "_MAX_CORRELATED_FEATURES", 3)
+    monkeypatch.setattr(afa.impute, "_MIN_CORRELATED_ROWS", 50)
     X = np.random.default_rng(0).normal(size=(60, 4))
     imp = PosteriorMatchingImputer(max_iter=1, n_samples=4, random_state=0).fit(X)
-    assert imp.hyperparameters_["decoder_scale"] == "heteroscedastic"
-    assert imp.set_params(decoder_scale="correlated").fit(X).hyperparameters_[
-        "decoder_scale"
-    ] == "correlated"
+    assert imp.hyperparameters_["decoder_scale"] == "correlated"  # enough rows, 4 features
+    monkeypatch.setattr(afa.impute, "_MAX_CORRELATED_FEATURES", 3)
+    imp.fit(X)
+    assert imp.hyperparameters_["decoder_scale"] == "heteroscedastic"  # too wide
+    assert (
+        imp.set_params(decoder_scale="correlated").fit(X).hyperparameters_["decoder_scale"]
+        == "correlated"
+    )
 
 
 def test_results_do_not_depend_on_inference_chunking(fitted, data_nan, data, monkeypatch):

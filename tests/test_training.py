@@ -254,3 +254,17 @@ def test_training_without_dropout_is_independent_of_global_rng():
         Trainer(model, _settings(early_stopping=False), seed=0).fit((x, mask), None, 2)
         weights.append(torch.cat([p.detach().flatten() for p in model.parameters()]))
     assert torch.equal(weights[0], weights[1])
+
+
+def test_weight_decay_spares_biases_and_model_quantities():
+    from afa._training import _parameter_groups
+    from afa.models import PosteriorMatchingVAE
+
+    vae = PosteriorMatchingVAE(4, 2, (8,), posterior="gaussian", decoder_scale="correlated")
+    decayed, spared = _parameter_groups(vae, 0.1)
+    assert decayed["weight_decay"] == 0.1 and spared["weight_decay"] == 0.0
+    decayed_ids = {id(p) for p in decayed["params"]}
+    assert id(vae.likelihood.raw_factor) not in decayed_ids
+    assert id(vae.decoder.stem.weight) in decayed_ids
+    assert all(p.ndim >= 2 for p in decayed["params"])
+    assert len(decayed["params"]) + len(spared["params"]) == len(list(vae.parameters()))

@@ -154,6 +154,8 @@ class CorrelatedGaussianLikelihood(nn.Module):
     tensor([-2.7598, -0.9199])
     """
 
+    no_weight_decay = ("raw_factor",)  # shrinking it would pull C towards the identity
+
     def __init__(self, n_features: int, min_scale: float = 1e-3, jitter: float = 1e-3) -> None:
         super().__init__()
         self.n_features = n_features
@@ -229,10 +231,12 @@ class CorrelatedGaussianLikelihood(nn.Module):
         """``E[x | x_o, z] = μ + D C_·o C_oo^-1 D_o^-1 (x_o - μ_o)``; observed entries kept."""
         mean, scale = self.parameters_from(decoder_output)
         whitened = torch.where(mask, (x - mean) / scale, torch.zeros_like(mean))
-        correlation = self.correlation()
-        precision = self._observed_precision(correlation, mask)[0].to(mean.dtype)
-        regressed = torch.einsum("nij,...nj->...ni", precision, whitened) @ correlation
-        return torch.where(mask, x, mean + scale * regressed)
+        correlation = self.correlation().double()
+        precision = self._observed_precision(correlation, mask)[0]
+        # In float64: the regression can cancel large terms, and a row's result must not
+        # depend on which rows share its batch.
+        regressed = torch.einsum("nij,...nj->...ni", precision, whitened.double()) @ correlation
+        return torch.where(mask, x, mean + scale * regressed.to(mean.dtype))
 
     def conditional_sample(
         self, x: torch.Tensor, decoder_output: torch.Tensor, mask: torch.Tensor, noise: torch.Tensor

@@ -188,25 +188,6 @@ default="heteroscedastic"
         z = self.partial_posterior(x, mask).from_noise(noise)
         return self.likelihood.conditional_mean(x, self.decoder(z), mask)
 
-    def importance_weighted_means(
-        self, x: torch.Tensor, mask: torch.Tensor, noise: torch.Tensor
-    ) -> torch.Tensor:
-        """Self-normalised importance estimate of ``E[x | x_o]``, shape ``(n, d)``.
-
-        The latents ``z_k ~ q(z | x_o)`` are weighted by ``p(x_o | z_k) p(z_k) / q(z_k | x_o)``,
-        so the estimate converges to the model's own conditional mean even where the partial
-        posterior is off.
-        """
-        z, proposal_log_prob = self.partial_posterior(x, mask).sample_with_log_prob(noise)
-        output = self.decoder(z)
-        log_weights = (
-            self.likelihood.log_prob(x, output, mask)
-            + _standard_normal_log_prob(z)
-            - proposal_log_prob
-        )
-        weights = torch.softmax(log_weights, dim=0).unsqueeze(-1)
-        return (weights * self.likelihood.conditional_mean(x, output, mask)).sum(0)
-
     def sample_completions(
         self,
         x: torch.Tensor,
