@@ -8,7 +8,7 @@ from collections.abc import Iterator
 import numpy as np
 import torch
 
-__all__ = ["resolve_device", "seeded", "standard_normal", "to_tensor"]
+__all__ = ["embed_block", "resolve_device", "seeded", "standard_normal", "to_tensor"]
 
 
 def resolve_device(name: str) -> torch.device:
@@ -47,3 +47,15 @@ def seeded(seed: int, device: torch.device) -> Iterator[None]:
     with torch.random.fork_rng(devices=devices, device_type=device.type if devices else "cuda"):
         torch.random.manual_seed(seed)
         yield
+
+
+def embed_block(matrix: torch.Tensor, keep: torch.Tensor, fill: float = 1.0) -> torch.Tensor:
+    """Per row of ``keep`` (shape ``(n, d)``), ``matrix`` restricted to the kept block.
+
+    Returns ``(n, d, d)``: ``matrix[i, j]`` where both ``i`` and ``j`` are kept, ``fill`` on
+    the other diagonal entries and zero elsewhere. The block's Cholesky factor, inverse and
+    determinant are then those of a batch of full matrices, whatever each row keeps.
+    """
+    kept = keep.to(matrix.dtype)
+    outer = kept.unsqueeze(-1) * kept.unsqueeze(-2)
+    return matrix * outer + torch.diag_embed(fill * (1.0 - kept))

@@ -16,6 +16,7 @@ from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.mixture import GaussianMixture
 from sklearn.utils.validation import check_is_fitted, validate_data
 
+from afa._torch import embed_block
 from afa.metrics import gaussian_conditional_log_likelihood, gaussian_conditional_mean
 
 __all__ = ["GaussianImputer", "GaussianMixtureImputer"]
@@ -78,9 +79,7 @@ def _masked_component_terms(
     elsewhere, so no row needs its own index arithmetic.
     """
     covariance = cholesky_factor @ cholesky_factor.T
-    outer = observed.unsqueeze(-1) * observed.unsqueeze(-2)
-    embedded = covariance * outer + torch.diag_embed(1.0 - observed)
-    factor, info = torch.linalg.cholesky_ex(embedded)
+    factor, info = torch.linalg.cholesky_ex(embed_block(covariance, observed))
     if bool((info != 0).any()):
         raise np.linalg.LinAlgError("an observed covariance block is not positive definite.")
     residual = (X - mean) * observed

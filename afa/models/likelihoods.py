@@ -18,6 +18,8 @@ import math
 import torch
 from torch import nn
 
+from afa._torch import embed_block
+
 __all__ = [
     "BernoulliLikelihood",
     "CorrelatedGaussianLikelihood",
@@ -191,10 +193,7 @@ class CorrelatedGaussianLikelihood(nn.Module):
         self, correlation: torch.Tensor, mask: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Per row, in float64: ``C_oo^-1`` embedded (identity elsewhere) and ``log det C_oo``."""
-        observed = mask.to(torch.float64)
-        embedded = correlation.double() * (observed.unsqueeze(-1) * observed.unsqueeze(-2))
-        embedded = embedded + torch.diag_embed(1.0 - observed)
-        factor = torch.linalg.cholesky(embedded)
+        factor = torch.linalg.cholesky(embed_block(correlation.double(), mask))
         log_det = 2.0 * torch.log(factor.diagonal(dim1=-2, dim2=-1)).sum(-1)
         return torch.cholesky_inverse(factor), log_det
 
@@ -247,14 +246,10 @@ class CorrelatedGaussianLikelihood(nn.Module):
         """
         mean, scale = self.parameters_from(decoder_output)
         correlation = self.correlation().double()
-        observed = mask.to(torch.float64)
-        precision = self._observed_precision(correlation, mask)[0]
-        precision = precision * (observed.unsqueeze(-1) * observed.unsqueeze(-2))
-        unobserved = 1.0 - observed
-        residual = correlation - correlation @ precision @ correlation
-        embedded = residual * (unobserved.unsqueeze(-1) * unobserved.unsqueeze(-2))
-        embedded = embedded + torch.diag_embed(1.0 - unobserved + self.jitter * unobserved)
-        factor = torch.linalg.cholesky(embedded).to(mean.dtype)
+        precision = embed_block(self._observed_precision(correlation, mask)[0], mask, fill=0.0)
+        residual = correlation - correlation @ precision @ correlation  # C_uu given o
+        jitter = self.jitter * torch.diag_embed((~mask).to(residual.dtype))
+        factor = torch.linalg.cholesky(embed_block(residual, ~mask) + jitter).to(mean.dtype)
         noise = noise.expand(mean.shape)
         correlated = torch.einsum("nij,...nj->...ni", factor, noise)
         centre = self.conditional_mean(x, decoder_output, mask)
