@@ -69,7 +69,7 @@ class GaussianImputer(TransformerMixin, BaseEstimator):
 
 
 def _masked_component_terms(
-    X: torch.Tensor, observed: torch.Tensor, mean: torch.Tensor, cholesky_factor: torch.Tensor
+    X: torch.Tensor, observed: torch.Tensor, mean: torch.Tensor, covariance: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``log N(x_o; mu_o, S_oo)`` and ``E[x | x_o]`` of one component, for every row at once.
 
@@ -78,7 +78,6 @@ def _masked_component_terms(
     ``A^-1 (o * (x - mu))`` is ``S_oo^-1 (x_o - mu_o)`` on the observed coordinates and zero
     elsewhere, so no row needs its own index arithmetic.
     """
-    covariance = cholesky_factor @ cholesky_factor.T
     factor, info = torch.linalg.cholesky_ex(embed_block(covariance, observed))
     if bool((info != 0).any()):
         raise np.linalg.LinAlgError("an observed covariance block is not positive definite.")
@@ -189,13 +188,13 @@ class GaussianMixtureImputer(TransformerMixin, BaseEstimator):
         chunk = max(1, _MATRIX_ELEMENTS_PER_CHUNK // (d * d))
         log_weights = torch.from_numpy(np.log(mixture.weights_))
         means = torch.from_numpy(mixture.means_)
-        factors = torch.linalg.cholesky(torch.from_numpy(mixture.covariances_))
+        covariances = torch.from_numpy(mixture.covariances_)
         log_marginals, imputed = [], []
         for start in range(0, X.shape[0], chunk):
             rows = torch.from_numpy(np.nan_to_num(X[start : start + chunk]))
             mask = torch.from_numpy(observed[start : start + chunk].astype(np.float64))
             terms = [
-                _masked_component_terms(rows, mask, means[c], factors[c])
+                _masked_component_terms(rows, mask, means[c], covariances[c])
                 for c in range(mixture.n_components)
             ]
             joint = torch.stack([t[0] for t in terms], dim=-1) + log_weights

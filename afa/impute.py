@@ -22,13 +22,13 @@ from afa.posteriors import POSTERIOR_FAMILIES
 
 __all__ = ["PosteriorMatchingImputer"]
 
-_NOISE_ELEMENTS_PER_CHUNK = 2**20
+_NOISE_ELEMENTS_PER_CHUNK = 2**20  # rows x samples x features processed at once at inference
 # A correlated decoder factorises a d x d matrix per row and mask; beyond this width the
 # cost outgrows its benefit, and "auto" falls back to the factorised heteroscedastic decoder.
 _MAX_CORRELATED_FEATURES = 64
 # Below this many rows the learned correlation overfits (Wine, 133 rows: LL -8.65 against
 # -7.32 for the factorised decoder), so "auto" keeps the factorised decoder.
-_MIN_CORRELATED_ROWS = 2_000  # rows x samples x features processed at once at inference
+_MIN_CORRELATED_ROWS = 2_000
 
 
 @dataclass(frozen=True)

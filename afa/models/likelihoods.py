@@ -28,6 +28,12 @@ __all__ = [
 ]
 
 _LOG_2PI = math.log(2 * math.pi)
+_SOFTPLUS_ONE = math.log(math.e - 1)  # softplus(raw + this) is 1 at raw = 0
+
+
+def _positive(raw: torch.Tensor, floor: float = 0.0) -> torch.Tensor:
+    """``softplus`` shifted to equal 1 (plus ``floor``) at ``raw = 0``."""
+    return nn.functional.softplus(raw + _SOFTPLUS_ONE) + floor
 
 
 class _FactorisedLikelihood(nn.Module):
@@ -90,7 +96,7 @@ class GaussianLikelihood(_FactorisedLikelihood):
         mean = decoder_output[..., : self.n_features]
         heteroscedastic = self.raw_scale.numel() == 0
         raw = decoder_output[..., self.n_features :] if heteroscedastic else self.raw_scale
-        return mean, nn.functional.softplus(raw + math.log(math.e - 1)) + self.min_scale
+        return mean, _positive(raw, self.min_scale)
 
     def element_log_prob(self, x: torch.Tensor, decoder_output: torch.Tensor) -> torch.Tensor:
         """Element-wise log-density of ``x`` (shape ``(..., d)``) under the decoder output."""
@@ -172,7 +178,7 @@ class CorrelatedGaussianLikelihood(nn.Module):
     def correlation(self) -> torch.Tensor:
         """The correlation matrix ``C`` (unit diagonal, positive definite)."""
         lower = torch.tril(self.raw_factor, -1) + torch.diag_embed(
-            nn.functional.softplus(self.raw_factor.diagonal() + math.log(math.e - 1))
+            _positive(self.raw_factor.diagonal())
         )
         rows = lower / lower.norm(dim=-1, keepdim=True)
         identity = torch.eye(self.n_features, dtype=rows.dtype, device=rows.device)
@@ -181,9 +187,7 @@ class CorrelatedGaussianLikelihood(nn.Module):
     def parameters_from(self, decoder_output: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(mean, scale)``: the decoder's means and per-feature scales."""
         d = self.n_features
-        raw = decoder_output[..., d:]
-        scale = nn.functional.softplus(raw + math.log(math.e - 1)) + self.min_scale
-        return decoder_output[..., :d], scale
+        return decoder_output[..., :d], _positive(decoder_output[..., d:], self.min_scale)
 
     def mean(self, decoder_output: torch.Tensor) -> torch.Tensor:
         """The decoder mean ``E[x | z]``."""
@@ -224,18 +228,27 @@ class CorrelatedGaussianLikelihood(nn.Module):
         log_scale = (torch.log(scale) * observed).sum(-1)
         return -0.5 * (quadratic + log_det + observed.sum(-1) * _LOG_2PI) - log_scale
 
-    def conditional_mean(
+    def _regression(
         self, x: torch.Tensor, decoder_output: torch.Tensor, mask: torch.Tensor
-    ) -> torch.Tensor:
-        """``E[x | x_o, z] = μ + D C_·o C_oo^-1 D_o^-1 (x_o - μ_o)``; observed entries kept."""
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``E[x | x_o, z]`` (observed entries kept), the scales, ``C`` and ``C_oo^-1``.
+
+        The regression runs in float64: it can cancel large terms, and a row's result must
+        not depend on which rows share its batch.
+        """
         mean, scale = self.parameters_from(decoder_output)
         whitened = torch.where(mask, (x - mean) / scale, torch.zeros_like(mean))
         correlation = self.correlation().double()
         precision = self._observed_precision(correlation, mask)[0]
-        # In float64: the regression can cancel large terms, and a row's result must not
-        # depend on which rows share its batch.
         regressed = torch.einsum("nij,...nj->...ni", precision, whitened.double()) @ correlation
-        return torch.where(mask, x, mean + scale * regressed.to(mean.dtype))
+        centre = torch.where(mask, x, mean + scale * regressed.to(mean.dtype))
+        return centre, scale, correlation, precision
+
+    def conditional_mean(
+        self, x: torch.Tensor, decoder_output: torch.Tensor, mask: torch.Tensor
+    ) -> torch.Tensor:
+        """``E[x | x_o, z] = μ + D C_·o C_oo^-1 D_o^-1 (x_o - μ_o)``; observed entries kept."""
+        return self._regression(x, decoder_output, mask)[0]
 
     def conditional_sample(
         self, x: torch.Tensor, decoder_output: torch.Tensor, mask: torch.Tensor, noise: torch.Tensor
@@ -244,15 +257,12 @@ class CorrelatedGaussianLikelihood(nn.Module):
 
         ``noise`` is standard normal, broadcastable to ``(..., n, d)``.
         """
-        mean, scale = self.parameters_from(decoder_output)
-        correlation = self.correlation().double()
-        precision = embed_block(self._observed_precision(correlation, mask)[0], mask, fill=0.0)
+        centre, scale, correlation, precision = self._regression(x, decoder_output, mask)
+        precision = embed_block(precision, mask, fill=0.0)
         residual = correlation - correlation @ precision @ correlation  # C_uu given o
         jitter = self.jitter * torch.diag_embed((~mask).to(residual.dtype))
-        factor = torch.linalg.cholesky(embed_block(residual, ~mask) + jitter).to(mean.dtype)
-        noise = noise.expand(mean.shape)
-        correlated = torch.einsum("nij,...nj->...ni", factor, noise)
-        centre = self.conditional_mean(x, decoder_output, mask)
+        factor = torch.linalg.cholesky(embed_block(residual, ~mask) + jitter).to(centre.dtype)
+        correlated = torch.einsum("nij,...nj->...ni", factor, noise.expand(centre.shape))
         return torch.where(mask, x, centre + scale * correlated)
 
 
