@@ -2,10 +2,17 @@
 
 import logging
 
+from afa.acquisition import AcquisitionPath, LookaheadAcquirer
 from afa.exceptions import TrainingDivergedError
 from afa.impute import PosteriorMatchingImputer
 
 __version__ = "0.1.0"
-__all__ = ["PosteriorMatchingImputer", "TrainingDivergedError", "__version__"]
+__all__ = [
+    "AcquisitionPath",
+    "LookaheadAcquirer",
+    "PosteriorMatchingImputer",
+    "TrainingDivergedError",
+    "__version__",
+]
 
 logging.getLogger(__name__).addHandler(logging.NullHandler())

@@ -8,14 +8,26 @@ from __future__ import annotations
 
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
-from afa import PosteriorMatchingImputer
+from afa import LookaheadAcquirer, PosteriorMatchingImputer
+
+
+def _tiny_imputer() -> PosteriorMatchingImputer:
+    return PosteriorMatchingImputer(
+        latent_dim=2, hidden_layer_sizes=(8,), max_iter=2, n_samples=4, random_state=0
+    )
 
 
 @parametrize_with_checks(
     [
-        PosteriorMatchingImputer(
-            latent_dim=2, hidden_layer_sizes=(8,), max_iter=2, n_samples=4, random_state=0
-        )
+        _tiny_imputer(),
+        LookaheadAcquirer(
+            imputer=_tiny_imputer(),
+            n_samples=2,
+            lookahead_samples=2,
+            actions_per_step=2,
+            max_iter=2,
+            random_state=0,
+        ),
     ]
 )
 def test_sklearn_compatible_estimator(estimator, check):

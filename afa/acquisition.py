@@ -1,0 +1,739 @@
+"""Active feature acquisition: which unobserved feature to measure next, row by row."""
+
+from __future__ import annotations
+
+import copy
+import math
+import numbers
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from sklearn.base import BaseEstimator, OneToOneFeatureMixin, TransformerMixin, clone
+from sklearn.exceptions import NotFittedError
+from sklearn.frozen import FrozenEstimator
+from sklearn.utils import check_random_state
+from sklearn.utils.validation import check_is_fitted, validate_data
+
+from afa._torch import resolve_device, seeded, standard_normal
+from afa._training import Trainer, TrainingSettings
+from afa.impute import PosteriorMatchingImputer, _describe_rows
+from afa.masks import row_hash_uniforms
+from afa.models.lookahead import (
+    ENTROPY_HEADS,
+    AcquisitionProblem,
+    LookaheadNetwork,
+    LookaheadObjective,
+    information_gains,
+    one_step_entropies,
+)
+
+__all__ = ["STRATEGIES", "AcquisitionPath", "LookaheadAcquirer"]
+
+STRATEGIES = ("lookahead", "sampling", "random")
+_LOOKAHEAD_ROWS_PER_CHUNK = 4_096
+_SAMPLING_ELEMENTS_PER_CHUNK = 2**23  # completions x scenarios x actions x rows x features
+_TRAINING_STEPS = 3_000  # optimiser steps "auto" aims the lookahead training at
+
+
+@dataclass(frozen=True)
+class AcquisitionPath:
+    """Simulated acquisition episodes, one per row, step by step.
+
+    Attributes
+    ----------
+    order : ndarray of int, shape (n, T)
+        The action acquired at each step (an index into ``actions_``; the column itself when
+        there are no groups); -1 once a row has stopped.
+    masks : ndarray of bool, shape (T + 1, n, d)
+        The observed entries after ``t`` steps.
+    imputations : ndarray of shape (T + 1, n, d)
+        The imputer's estimate of each row after ``t`` steps.
+    errors : ndarray of shape (T + 1, n)
+        Root mean squared error over all ``d`` features after ``t`` steps, observed entries
+        counting as zero error (the protocol of Posterior Matching's Fig. 7).
+    spent : ndarray of shape (T + 1, n)
+        Cumulative cost after ``t`` steps.
+    gains : ndarray of shape (n, T)
+        Expected gain of each chosen action (NaN for ``"random"`` and after stopping).
+    decision_seconds : ndarray of shape (T,)
+        Wall time of each step's decision for the whole batch (imputation excluded).
+    target_errors : ndarray of shape (T + 1, n) or None
+        Absolute error of the imputed target column, when the acquirer has a target.
+    """
+
+    order: np.ndarray
+    masks: np.ndarray
+    imputations: np.ndarray
+    errors: np.ndarray
+    spent: np.ndarray
+    gains: np.ndarray
+    decision_seconds: np.ndarray
+    target_errors: np.ndarray | None = None
+
+    @property
+    def n_steps(self) -> int:
+        """Number of steps simulated (``T``)."""
+        return self.order.shape[1]
+
+    def mean_errors(self) -> np.ndarray:
+        """The acquisition curve: mean error over rows after ``0 … T`` steps."""
+        return self.errors.mean(axis=1)
+
+
+def _as_group_list(groups, names: np.ndarray | None, n_features: int) -> list[tuple[int, ...]]:
+    """Resolve ``groups`` (column indices or names) into the list of actions."""
+    grouped: list[tuple[int, ...]] = []
+    for group in groups:
+        if isinstance(group, (str, numbers.Integral)):
+            raise ValueError(
+                f"groups must be a sequence of sequences of columns; got the bare column {group!r}."
+            )
+        columns = tuple(_column_index(c, names, n_features, "groups") for c in group)
+        if not columns:
+            raise ValueError("groups must not contain an empty group.")
+        grouped.append(columns)
+    flat = [c for group in grouped for c in group]
+    if len(flat) != len(set(flat)):
+        raise ValueError("groups must be disjoint: a column appears in two groups (or twice).")
+    singles = [(c,) for c in range(n_features) if c not in set(flat)]
+    return sorted(grouped + singles, key=min)
+
+
+def _column_index(column, names: np.ndarray | None, n_features: int, what: str) -> int:
+    if isinstance(column, numbers.Integral) and not isinstance(column, bool):
+        if not 0 <= column < n_features:
+            raise ValueError(
+                f"{what}: column index {column} is out of range for {n_features} features."
+            )
+        return int(column)
+    if isinstance(column, str) and names is not None and column in set(names):
+        return int(np.flatnonzero(names == column)[0])
+    raise ValueError(
+        f"{what}: unknown column {column!r}; give an integer index"
+        + (" or one of the fitted column names." if names is not None else ".")
+    )
+
+
+def _path(
+    X: np.ndarray,
+    masks: list[np.ndarray],
+    imputations: list[np.ndarray],
+    spent: list[np.ndarray],
+    order: list[np.ndarray],
+    gains: list[np.ndarray],
+    seconds: list[float],
+    target: int | None,
+) -> AcquisitionPath:
+    imputed = np.stack(imputations)
+    n_rows = X.shape[0]
+    return AcquisitionPath(
+        order=np.stack(order, axis=1) if order else np.empty((n_rows, 0), dtype=np.int64),
+        masks=np.stack(masks),
+        imputations=imputed,
+        errors=np.sqrt(((imputed - X) ** 2).mean(axis=2)),
+        spent=np.stack(spent),
+        gains=np.stack(gains, axis=1) if gains else np.empty((n_rows, 0)),
+        decision_seconds=np.asarray(seconds[: len(order)], dtype=np.float64),
+        target_errors=None if target is None else np.abs(imputed[..., target] - X[:, target]),
+    )
+
+
+class LookaheadAcquirer(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
+    """Greedy active feature acquisition with a Posterior-Matching VAE.
+
+    For each row, :meth:`acquire_next` picks the unobserved feature (or group of features)
+    whose measurement is expected to shrink the posterior over the latent ``z`` the most,
+    per unit cost. Three strategies answer the same question:
+
+    - ``"lookahead"``: a network trained after the imputer predicts, for every candidate,
+      the posterior after acquiring it, so a decision is one forward pass for the whole
+      batch (Strauss & Oliva, 2022, §3.5);
+    - ``"sampling"``: the explicit estimate ``H[q(z|x_o)] - mean_k H[q(z|x_o, x̂_k)]`` over
+      ``n_samples`` model completions per candidate (EDDI-style, slow);
+    - ``"random"``: a random available candidate (a baseline).
+
+    With ``target`` the gain is EDDI's reward: information about ``z`` that stays relevant
+    to the target column, so acquisition is directed at predicting it.
+
+    Parameters
+    ----------
+    imputer : PosteriorMatchingImputer or None, default=None
+        An unfitted imputer is cloned and fitted on ``X``; a fitted one (or one wrapped in
+        ``sklearn.frozen.FrozenEstimator``, which survives ``clone``) is used frozen. None
+        means ``PosteriorMatchingImputer(random_state=random_state)``. Entropies are
+        analytic for ``posterior="gaussian"`` and one-sample Monte Carlo otherwise.
+    strategy : {"lookahead", "sampling", "random"}, default="lookahead"
+        The default strategy. The lookahead network is trained only when this is
+        ``"lookahead"``; the other strategies need no training.
+    head : {"entropy", "mixture"}, default="entropy"
+        Which lookahead head decides. ``"entropy"`` regresses each candidate's expected
+        posterior entropy; ``"mixture"`` is the reference code's diagonal Gaussian fitted to
+        the mixture of one-step-ahead posteriors. Both are trained, so this can be changed
+        with ``set_params`` after fitting.
+    groups : sequence of sequences of columns, default=None
+        Columns acquired together (one test yielding several values), as indices or fitted
+        column names. Ungrouped columns are single actions. Actions are ordered by their
+        first column (``actions_``).
+    target : int or str, default=None
+        A column to predict. It is never acquired, and gains measure information about it.
+    costs : array-like of shape (n_actions,), default=None
+        Cost of each action; decisions maximise gain per unit cost. None means unit costs.
+        ``acquire_next`` and ``acquire`` accept their own ``costs``.
+    min_gain : float, default=None
+        Stopping rule: a row stops (``-1``) when its best expected gain, in nats, falls
+        below this. Not applied to ``"random"``.
+    n_samples : int, default=50
+        Completions per candidate for the ``"sampling"`` strategy.
+    lookahead_samples : int, default=32
+        Completions per row and step when training the lookahead network.
+    actions_per_step : int, default=16
+        Candidates fitted per training step (a random subset, as in the reference code).
+    observed_fraction : tuple of float, default=(0.0, 1.0)
+        Range of the share of features observed in training states (drawn uniformly). Use a
+        low range, e.g. ``(0, 0.2)``, when episodes stop after few acquisitions of many.
+    hidden_layer_sizes : tuple of int or "auto", default="auto"
+        Lookahead network trunk; ``"auto"`` copies the imputer's.
+    max_iter : int or "auto", default="auto"
+        Training epochs of the lookahead network; ``"auto"`` aims at about 3,000 steps.
+    batch_size : int, default=64
+    learning_rate_init : float, default=1e-3
+    early_stopping : bool, default=True
+    validation_fraction : float, default=0.1
+    n_iter_no_change : int, default=10
+    tol : float, default=1e-3
+    random_state : int, RandomState or None, default=None
+    verbose : bool, default=False
+
+    Attributes
+    ----------
+    imputer_ : PosteriorMatchingImputer
+        The fitted imputer (frozen after fit).
+    actions_ : list of tuple of int
+        The columns each action reveals.
+    target_index_ : int or None
+    lookahead_ : LookaheadNetwork or None
+        Present when fitted with ``strategy="lookahead"``.
+    history_ : dict of list
+        Per-epoch lookahead training losses.
+    n_iter_ : int
+    n_features_in_ : int
+    feature_names_in_ : ndarray of str
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from afa import LookaheadAcquirer, PosteriorMatchingImputer
+    >>> rng = np.random.default_rng(0)
+    >>> X = rng.normal(size=(200, 4)) @ rng.normal(size=(4, 4))
+    >>> acq = LookaheadAcquirer(
+    ...     imputer=PosteriorMatchingImputer(max_iter=5, random_state=0), max_iter=2,
+    ...     random_state=0).fit(X)
+    >>> acq.acquire_next(np.full((2, 4), np.nan)).shape
+    (2,)
+    """
+
+    def __init__(
+        self,
+        imputer: PosteriorMatchingImputer | None = None,
+        *,
+        strategy: str = "lookahead",
+        head: str = "entropy",
+        groups: Sequence[Sequence[int | str]] | None = None,
+        target: int | str | None = None,
+        costs: Sequence[float] | None = None,
+        min_gain: float | None = None,
+        n_samples: int = 50,
+        lookahead_samples: int = 32,
+        actions_per_step: int = 16,
+        observed_fraction: tuple[float, float] = (0.0, 1.0),
+        hidden_layer_sizes: tuple[int, ...] | str = "auto",
+        max_iter: int | str = "auto",
+        batch_size: int = 64,
+        learning_rate_init: float = 1e-3,
+        early_stopping: bool = True,
+        validation_fraction: float = 0.1,
+        n_iter_no_change: int = 10,
+        tol: float = 1e-3,
+        random_state: int | np.random.RandomState | None = None,
+        verbose: bool = False,
+    ) -> None:
+        self.imputer = imputer
+        self.strategy = strategy
+        self.head = head
+        self.groups = groups
+        self.target = target
+        self.costs = costs
+        self.min_gain = min_gain
+        self.n_samples = n_samples
+        self.lookahead_samples = lookahead_samples
+        self.actions_per_step = actions_per_step
+        self.observed_fraction = observed_fraction
+        self.hidden_layer_sizes = hidden_layer_sizes
+        self.max_iter = max_iter
+        self.batch_size = batch_size
+        self.learning_rate_init = learning_rate_init
+        self.early_stopping = early_stopping
+        self.validation_fraction = validation_fraction
+        self.n_iter_no_change = n_iter_no_change
+        self.tol = tol
+        self.random_state = random_state
+        self.verbose = verbose
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.input_tags.allow_nan = True
+        tags.transformer_tags.preserves_dtype = ["float64", "float32"]
+        return tags
+
+    # ------------------------------------------------------------------ parameters
+    def _check_params(self) -> None:
+        if self.strategy not in STRATEGIES:
+            raise ValueError(f"strategy must be one of {list(STRATEGIES)}; got {self.strategy!r}.")
+        if self.head not in ENTROPY_HEADS:
+            raise ValueError(f"head must be one of {list(ENTROPY_HEADS)}; got {self.head!r}.")
+        for name in (
+            "n_samples",
+            "lookahead_samples",
+            "actions_per_step",
+            "batch_size",
+            "n_iter_no_change",
+        ):
+            value = getattr(self, name)
+            if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"{name} must be a positive integer; got {value!r}.")
+        if not (isinstance(self.max_iter, str) and self.max_iter == "auto") and not (
+            isinstance(self.max_iter, numbers.Integral) and self.max_iter >= 1
+        ):
+            raise ValueError(
+                f"max_iter must be a positive integer or 'auto'; got {self.max_iter!r}."
+            )
+        low, high = self.observed_fraction
+        if not 0.0 <= low <= high <= 1.0:
+            raise ValueError(
+                f"observed_fraction must be (low, high) with 0 <= low <= high <= 1; got "
+                f"{self.observed_fraction!r}."
+            )
+        if not 0.0 < self.validation_fraction < 1.0:
+            raise ValueError(
+                f"validation_fraction must lie in (0, 1); got {self.validation_fraction!r}."
+            )
+        if self.imputer is not None and not isinstance(
+            self.imputer, (PosteriorMatchingImputer, FrozenEstimator)
+        ):
+            raise ValueError(
+                f"imputer must be a PosteriorMatchingImputer (or one in a FrozenEstimator); got "
+                f"{type(self.imputer).__name__}."
+            )
+
+    def _resolve_imputer(self, X_in) -> PosteriorMatchingImputer:
+        imputer = self.imputer
+        if isinstance(imputer, FrozenEstimator):
+            imputer = imputer.estimator
+            check_is_fitted(imputer)
+            return imputer
+        if imputer is None:
+            return PosteriorMatchingImputer(random_state=self._imputer_seed_).fit(X_in)
+        try:
+            check_is_fitted(imputer)
+        except Exception:  # noqa: BLE001 - sklearn's NotFittedError or a subclass
+            return clone(imputer).fit(X_in)
+        return imputer
+
+    def _resolve_costs(self, costs) -> np.ndarray:
+        costs = self.costs if costs is None else costs
+        if costs is None:
+            return np.ones(len(self.actions_))
+        costs = np.asarray(costs, dtype=np.float64)
+        if costs.shape != (len(self.actions_),):
+            raise ValueError(
+                f"costs must have one entry per action ({len(self.actions_)}: the columns, with "
+                f"each group counted once); got shape {costs.shape}."
+            )
+        if not np.all(np.isfinite(costs)) or np.any(costs <= 0):
+            raise ValueError("costs must be finite and positive.")
+        return costs
+
+    def _action_matrix(self) -> np.ndarray:
+        """(A, d) bool: the columns each action reveals."""
+        actions = np.zeros((len(self.actions_), self.n_features_in_), dtype=bool)
+        for a, columns in enumerate(self.actions_):
+            actions[a, list(columns)] = True
+        return actions
+
+    def _available(self, observed: np.ndarray) -> np.ndarray:
+        """(n, A) bool: True where the action would reveal an unobserved column."""
+        return (self._action_matrix()[None] & ~observed[:, None]).any(-1)
+
+    def _problem(self) -> AcquisitionProblem:
+        device = resolve_device(self.imputer_.device)
+        actions = torch.as_tensor(self._action_matrix())
+        target = None
+        if self.target_index_ is not None:
+            target = torch.zeros(self.n_features_in_, dtype=torch.bool)
+            target[self.target_index_] = True
+            target = target.to(device)
+        return AcquisitionProblem(actions.to(device), target)
+
+    # ------------------------------------------------------------------ fitting
+    def fit(self, X, y=None) -> LookaheadAcquirer:
+        """Fit the imputer if needed, then (for ``"lookahead"``) the lookahead network.
+
+        Parameters
+        ----------
+        X : array-like or DataFrame of shape (n_samples, n_features)
+            Training rows; NaN marks missing entries.
+        y : ignored
+
+        Returns
+        -------
+        self
+        """
+        self._check_params()
+        X_in = X
+        X = validate_data(self, X, dtype=[np.float64, np.float32], ensure_all_finite="allow-nan")
+        random_state = check_random_state(self.random_state)
+        self._imputer_seed_, self._training_seed_, self._inference_seed_ = (
+            int(s) for s in random_state.randint(0, 2**31 - 1, size=3)
+        )
+        self.imputer_ = self._resolve_imputer(X_in)
+        if self.imputer_.n_features_in_ != self.n_features_in_:
+            raise ValueError(
+                f"The imputer was fitted on {self.imputer_.n_features_in_} features but X has "
+                f"{self.n_features_in_}."
+            )
+        names = getattr(self, "feature_names_in_", None)
+        self.target_index_ = (
+            None if self.target is None else _column_index(self.target, names, X.shape[1], "target")
+        )
+        self.actions_ = _as_group_list(self.groups or (), names, X.shape[1])
+        if self.target_index_ is not None:
+            for group in self.actions_:
+                if self.target_index_ in group and len(group) > 1:
+                    raise ValueError("The target column must not be part of a group.")
+            self.actions_ = [g for g in self.actions_ if g != (self.target_index_,)]
+        self._resolve_costs(None)
+        self.lookahead_ = None
+        self.history_: dict[str, list[float]] = {}
+        self.n_iter_ = 0
+        if self.strategy == "lookahead":
+            self._fit_lookahead(X)
+        return self
+
+    def _fit_lookahead(self, X: np.ndarray) -> None:
+        imputer = self.imputer_
+        observed = ~np.isnan(X)
+        x, present = imputer._tensors(X, observed)
+        base = imputer._model()
+        problem = self._problem()
+        sizes = (
+            imputer.hyperparameters_["hidden_layer_sizes"]
+            if isinstance(self.hidden_layer_sizes, str)
+            else tuple(self.hidden_layer_sizes)
+        )
+        with seeded(self._training_seed_, torch.device("cpu")):
+            network = LookaheadNetwork(
+                X.shape[1], base.latent_dim, problem.n_actions, problem.n_scenarios, sizes
+            )
+        objective = LookaheadObjective(
+            network.to(x.device),
+            base,
+            problem,
+            self.lookahead_samples,
+            self.actions_per_step,
+            tuple(self.observed_fraction),
+        )
+        n_validation = (
+            max(1, round(self.validation_fraction * X.shape[0])) if self.early_stopping else 0
+        )
+        order = torch.as_tensor(
+            np.random.default_rng(self._training_seed_).permutation(X.shape[0]), device=x.device
+        )
+        validation, train = order[:n_validation], order[n_validation:]
+        max_iter = self.max_iter
+        if max_iter == "auto":
+            max_iter = int(
+                min(500, max(5, math.ceil(_TRAINING_STEPS * self.batch_size / len(train))))
+            )
+        settings = TrainingSettings(
+            max_iter=max_iter,
+            batch_size=self.batch_size,
+            learning_rate_init=self.learning_rate_init,
+            weight_decay=0.0,
+            learning_rate_decay=0.1 ** (1.0 / max_iter),
+            early_stopping=self.early_stopping,
+            n_iter_no_change=self.n_iter_no_change,
+            tol=self.tol,
+            kl_schedule="constant",
+            verbose=self.verbose,
+        )
+        trainer = Trainer(objective, settings, self._training_seed_)
+        trainer.fit((x[train], present[train]), (x[validation], present[validation]), max_iter)
+        network.eval()
+        self.lookahead_ = network
+        self.history_ = trainer.history
+        self.n_iter_ = trainer.epoch
+
+    # ------------------------------------------------------------------ decisions
+    def _validate_partial(self, X) -> tuple[np.ndarray, np.ndarray]:
+        check_is_fitted(self)
+        X = validate_data(
+            self, X, reset=False, dtype=[np.float64, np.float32], ensure_all_finite="allow-nan"
+        )
+        observed = ~np.isnan(X)
+        if self.target_index_ is not None and observed[:, self.target_index_].any():
+            rows = np.flatnonzero(observed[:, self.target_index_])
+            raise ValueError(
+                f"The target column is observed in rows {_describe_rows(rows)}; acquisition "
+                "towards a target needs it unknown (NaN)."
+            )
+        return X, observed
+
+    def _strategy(self, strategy: str | None) -> str:
+        strategy = self.strategy if strategy is None else strategy
+        if strategy not in STRATEGIES:
+            raise ValueError(f"strategy must be one of {list(STRATEGIES)}; got {strategy!r}.")
+        if strategy == "lookahead" and self.lookahead_ is None:
+            raise NotFittedError(
+                "The lookahead network was not trained: fit with strategy='lookahead' to use it."
+            )
+        return strategy
+
+    @torch.inference_mode()
+    def _gains(self, X: np.ndarray, observed: np.ndarray, strategy: str) -> np.ndarray:
+        """Expected gains (n, A) in nats, -inf where an action reveals nothing new."""
+        x, state = self.imputer_._tensors(X, observed)
+        problem = self._problem()
+        if strategy == "lookahead":
+            gains = self._lookahead_gains(x, state)
+        else:
+            gains = self._sampled_gains(x, state, problem)
+        return np.where(self._available(observed), gains.double().cpu().numpy(), -np.inf)
+
+    def _lookahead_gains(self, x: torch.Tensor, state: torch.Tensor) -> torch.Tensor:
+        network = self.lookahead_.to(x.device)
+        chunks = [
+            information_gains(network.expected_entropies(x[rows], state[rows], self.head))
+            for rows in torch.arange(x.shape[0], device=x.device).split(_LOOKAHEAD_ROWS_PER_CHUNK)
+        ]
+        return torch.cat(chunks)
+
+    def _sampled_gains(
+        self, x: torch.Tensor, state: torch.Tensor, problem: AcquisitionProblem
+    ) -> torch.Tensor:
+        base = self.imputer_._model()
+        actions = problem.with_nothing(problem.actions)
+        noise_dim = base.partial_posterior.noise_dim
+        completion_noise = standard_normal(
+            (self.n_samples, 1, noise_dim), self._inference_seed_, x.device
+        )
+        grid = (self.n_samples, problem.n_scenarios, actions.shape[0])
+        entropy_noise = standard_normal(grid + (1, noise_dim), self._inference_seed_ + 1, x.device)
+        per_row = math.prod(grid) * x.shape[1]
+        rows_per_chunk = max(1, _SAMPLING_ELEMENTS_PER_CHUNK // per_row)
+        chunks = []
+        for rows in torch.arange(x.shape[0], device=x.device).split(rows_per_chunk):
+            entropies, _ = one_step_entropies(
+                base, x[rows], state[rows], actions, problem, completion_noise, entropy_noise
+            )
+            chunks.append(information_gains(entropies.mean(0).permute(2, 0, 1)))
+        return torch.cat(chunks)
+
+    def _random_scores(self, rows: np.ndarray) -> np.ndarray:
+        """Uniform scores (n, A) that depend only on each row's values and the seed."""
+        uniforms = row_hash_uniforms(rows)
+        permuted = uniforms[
+            :, np.random.default_rng(self._inference_seed_).permutation(rows.shape[1])
+        ]
+        return permuted[:, [columns[0] for columns in self.actions_]]
+
+    def _decide(
+        self,
+        X: np.ndarray,
+        observed: np.ndarray,
+        strategy: str,
+        costs: np.ndarray,
+        budget: np.ndarray,
+        random_rows: np.ndarray,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """One action per row (-1 for none) and its expected gain (NaN for "random")."""
+        if strategy == "random":
+            available = self._available(observed)
+            gains = np.where(available, np.nan, -np.inf)
+            scores = self._random_scores(random_rows)
+            allowed = available
+        else:
+            gains = self._gains(X, observed, strategy)
+            scores = gains / costs[None, :]
+            allowed = np.isfinite(gains)
+            if self.min_gain is not None:
+                allowed &= gains >= self.min_gain
+        allowed &= costs[None, :] <= budget[:, None] + 1e-12
+        choice = np.where(allowed, scores, -np.inf).argmax(axis=1)
+        choice = np.where(allowed.any(axis=1), choice, -1)
+        chosen_gain = np.where(choice >= 0, gains[np.arange(len(choice)), choice], np.nan)
+        return choice, chosen_gain
+
+    def _budget(self, budget, n_rows: int) -> np.ndarray:
+        if budget is None:
+            return np.full(n_rows, np.inf)
+        budget = np.broadcast_to(np.asarray(budget, dtype=np.float64), (n_rows,)).copy()
+        if np.isnan(budget).any() or (budget < 0).any():
+            raise ValueError("budget must be non-negative (a scalar or one value per row).")
+        return budget
+
+    def information_gain(self, X_partial, strategy: str | None = None) -> np.ndarray:
+        """Expected information gain of each action, per row, in nats.
+
+        Parameters
+        ----------
+        X_partial : array-like of shape (n, d)
+            NaN = not yet acquired.
+        strategy : {"lookahead", "sampling"}, optional
+            Defaults to the estimator's strategy.
+
+        Returns
+        -------
+        ndarray of shape (n, n_actions)
+            ``-inf`` where the action would reveal nothing new (already observed). Without
+            groups, action ``j`` is column ``j`` (the target column, if any, is dropped).
+        """
+        X, observed = self._validate_partial(X_partial)
+        strategy = self._strategy(strategy)
+        if strategy == "random":
+            raise ValueError("strategy='random' has no information gain; use acquire_next.")
+        return self._gains(X, observed, strategy)
+
+    def acquire_next(
+        self, X_partial, strategy: str | None = None, costs=None, budget=None
+    ) -> np.ndarray:
+        """The next action for each row: the best expected gain per unit cost.
+
+        Parameters
+        ----------
+        X_partial : array-like of shape (n, d)
+            NaN = not yet acquired.
+        strategy : {"lookahead", "sampling", "random"}, optional
+            Overrides the estimator's strategy for this call.
+        costs : array-like of shape (n_actions,), optional
+            Overrides the estimator's ``costs``.
+        budget : float or array-like of shape (n,), optional
+            Remaining budget per row; actions costing more are not chosen.
+
+        Returns
+        -------
+        ndarray of int, shape (n,)
+            Index into ``actions_`` (the column when there are no groups); -1 where nothing
+            is left to acquire, nothing is affordable, or (with ``min_gain``) nothing is
+            worth it.
+        """
+        X, observed = self._validate_partial(X_partial)
+        strategy = self._strategy(strategy)
+        costs = self._resolve_costs(costs)
+        budget = self._budget(budget, X.shape[0])
+        return self._decide(X, observed, strategy, costs, budget, random_rows=X)[0]
+
+    def acquire(
+        self,
+        X_full,
+        n_steps: int | None = None,
+        budget=None,
+        costs=None,
+        initial_mask=None,
+        strategy: str | None = None,
+    ) -> AcquisitionPath:
+        """Simulate acquisition episodes on complete rows.
+
+        Every row starts from ``initial_mask`` (default: nothing observed) and acquires one
+        action per step, revealing its true values, until ``n_steps`` steps, the budget, the
+        stopping rule or the features run out.
+
+        Parameters
+        ----------
+        X_full : array-like of shape (n, d)
+            Complete rows (NaN is an error).
+        n_steps : int, optional
+            Maximum steps; default as many as there are actions.
+        budget : float or array-like of shape (n,), optional
+            Total budget per row.
+        costs : array-like of shape (n_actions,), optional
+        initial_mask : bool array-like of shape (n, d), optional
+            Entries observed at the start (True = observed).
+        strategy : {"lookahead", "sampling", "random"}, optional
+
+        Returns
+        -------
+        AcquisitionPath
+        """
+        check_is_fitted(self)
+        X = validate_data(self, X_full, reset=False, dtype=[np.float64, np.float32])
+        strategy = self._strategy(strategy)
+        costs = self._resolve_costs(costs)
+        n_steps = len(self.actions_) if n_steps is None else n_steps
+        if not isinstance(n_steps, numbers.Integral) or n_steps < 0:
+            raise ValueError(f"n_steps must be a non-negative integer; got {n_steps!r}.")
+        mask = self._initial_mask(initial_mask, X.shape)
+        remaining = self._budget(budget, X.shape[0])
+        reveals = self._action_matrix()
+        masks, imputations, spent = [mask], [], [np.zeros(X.shape[0])]
+        order, chosen_gains, seconds = [], [], []
+        for _ in range(n_steps):
+            imputations.append(self.imputer_.transform(np.where(mask, X, np.nan)))
+            start = time.perf_counter()
+            choice, gain = self._decide(X, mask, strategy, costs, remaining, random_rows=X)
+            seconds.append(time.perf_counter() - start)
+            if (choice < 0).all():
+                break
+            acquired = choice >= 0
+            mask = mask | (reveals[choice] & acquired[:, None])
+            remaining = remaining - np.where(acquired, costs[choice], 0.0)
+            masks.append(mask)
+            spent.append(spent[-1] + np.where(acquired, costs[choice], 0.0))
+            order.append(choice)
+            chosen_gains.append(gain)
+        else:
+            imputations.append(self.imputer_.transform(np.where(mask, X, np.nan)))
+        return _path(X, masks, imputations, spent, order, chosen_gains, seconds, self.target_index_)
+
+    def _initial_mask(self, initial_mask, shape: tuple[int, int]) -> np.ndarray:
+        if initial_mask is None:
+            return np.zeros(shape, dtype=bool)
+        mask = np.asarray(initial_mask)
+        if mask.shape != shape:
+            raise ValueError(f"initial_mask has shape {mask.shape} but X_full has shape {shape}.")
+        if mask.dtype != bool:
+            if not np.isin(mask, (0, 1)).all():
+                raise ValueError("initial_mask must be boolean (True = observed) or 0/1.")
+            mask = mask.astype(bool)
+        if self.target_index_ is not None and mask[:, self.target_index_].any():
+            raise ValueError(
+                "initial_mask observes the target column; the target must start unknown."
+            )
+        return mask.copy()
+
+    # ------------------------------------------------------------------ imputation
+    def transform(self, X):
+        """Impute through the fitted imputer (``imputer_.transform``).
+
+        Parameters
+        ----------
+        X : array-like or DataFrame of shape (n, d)
+
+        Returns
+        -------
+        ndarray or DataFrame of the input's shape and dtype
+        """
+        check_is_fitted(self)
+        validate_data(
+            self, X, reset=False, dtype=[np.float64, np.float32], ensure_all_finite="allow-nan"
+        )
+        return self.imputer_.transform(X)
+
+    def __getstate__(self) -> dict:
+        """Move the lookahead network to the CPU, so pickles load anywhere."""
+        state = self.__dict__.copy()
+        if state.get("lookahead_") is not None:
+            state["lookahead_"] = copy.deepcopy(self.lookahead_).to("cpu")
+        return state

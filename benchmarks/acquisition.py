@@ -1,0 +1,190 @@
+"""Greedy acquisition on MNIST 16x16: lookahead vs sampling vs random (DESIGN §4).
+
+A Posterior-Matching VAE (MLP, Bernoulli decoder on the [0, 1] pixel intensities, Gaussian
+partial posterior so entropies are analytic) is fitted on the training images; a
+:class:`afa.LookaheadAcquirer` then trains its lookahead network on top. Every test image
+starts from nothing and acquires one pixel per step under each strategy. At step ``t`` the
+error is the RMSE over all 256 pixels, acquired pixels counting as zero error, of the
+imputation (the mean of 50 decoder means), as in Posterior Matching's Fig. 7. The decision
+time of each step is measured for the whole test batch, for every strategy, in this run.
+
+Run from the repository root::
+
+    python -m benchmarks.acquisition --quick   # 10,000 training images, 200 test, 10 steps
+    python -m benchmarks.acquisition           # 60,000 training images, 1,000 test, 30 steps
+
+Writes ``benchmarks/results/acquisition[_quick].{json,md,png}``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import sklearn
+import torch
+
+from afa import LookaheadAcquirer, PosteriorMatchingImputer, __version__
+from afa._torch import resolve_device
+from afa.datasets import load_mnist
+from benchmarks._results import write_results
+
+RESULTS = Path(__file__).parent / "results"
+
+
+@dataclass(frozen=True)
+class Settings:
+    train_rows: int
+    test_rows: int
+    n_steps: int
+    latent_dim: int = 16
+    imputation_samples: int = 50
+    sampling_samples: int = 50
+    observed_fraction: tuple[float, float] = (0.0, 0.2)
+    heads: tuple[str, ...] = ("entropy", "mixture")
+
+
+QUICK = Settings(train_rows=10_000, test_rows=200, n_steps=10)
+FULL = Settings(train_rows=60_000, test_rows=1_000, n_steps=30)
+
+
+def fit_acquirer(settings: Settings, device: str, seed: int) -> tuple[LookaheadAcquirer, dict]:
+    images, _ = load_mnist("train", size=16)
+    images = images[: settings.train_rows].astype(np.float64)
+    imputer = PosteriorMatchingImputer(
+        likelihood="bernoulli",
+        posterior="gaussian",
+        latent_dim=settings.latent_dim,
+        n_samples=settings.imputation_samples,
+        device=device,
+        random_state=seed,
+    )
+    start = time.perf_counter()
+    imputer.fit(images)
+    imputer_seconds = time.perf_counter() - start
+    acquirer = LookaheadAcquirer(
+        imputer=imputer,
+        n_samples=settings.sampling_samples,
+        observed_fraction=settings.observed_fraction,
+        random_state=seed,
+    )
+    start = time.perf_counter()
+    acquirer.fit(images)
+    timings = {
+        "imputer_fit_s": imputer_seconds,
+        "imputer_epochs": imputer.n_iter_,
+        "lookahead_fit_s": time.perf_counter() - start,
+        "lookahead_epochs": acquirer.n_iter_,
+    }
+    return acquirer, timings
+
+
+def run_strategies(acquirer: LookaheadAcquirer, settings: Settings) -> dict[str, dict]:
+    test, _ = load_mnist("test", size=16)
+    test = test[: settings.test_rows].astype(np.float64)
+    runs: dict[str, tuple[str, str | None]] = {
+        f"lookahead ({head})": ("lookahead", head) for head in settings.heads
+    }
+    runs |= {"sampling": ("sampling", None), "random": ("random", None)}
+    results = {}
+    for name, (strategy, head) in runs.items():
+        if head is not None:
+            acquirer.set_params(head=head)
+        path = acquirer.acquire(test, n_steps=settings.n_steps, strategy=strategy)
+        results[name] = {
+            "rmse": path.mean_errors().tolist(),
+            "decision_s_per_step": float(np.median(path.decision_seconds)),
+            "decision_s": path.decision_seconds.tolist(),
+        }
+    acquirer.set_params(head=settings.heads[0])
+    return results
+
+
+def markdown_table(results: dict[str, dict], settings: Settings, record: dict) -> str:
+    steps = sorted({0, 5, 10, settings.n_steps} & set(range(settings.n_steps + 1)))
+    sampling_time = results["sampling"]["decision_s_per_step"]
+    header = (
+        "| strategy | "
+        + " | ".join(f"RMSE @{t}" for t in steps)
+        + " | decision s/step | speed-up vs sampling |\n"
+    )
+    lines = [header, "|---|" + "---|" * (len(steps) + 2) + "\n"]
+    for name, result in results.items():
+        seconds = result["decision_s_per_step"]
+        ratio = sampling_time / seconds if name != "random" else float("nan")
+        speed = f"{ratio:.0f}x" if np.isfinite(ratio) else "-"
+        cells = " | ".join(f"{result['rmse'][t]:.4f}" for t in steps)
+        lines.append(f"| {name} | {cells} | {seconds:.4g} | {speed} |\n")
+    timings = record["timings"]
+    lines.append(
+        f"\nMNIST 16x16: {settings.train_rows:,} training images, the first "
+        f"{settings.test_rows:,} test images, {settings.n_steps} steps from nothing; batch of "
+        f"{settings.test_rows:,} rows per decision; {record['hardware']['device']}, "
+        f"{record['hardware']['torch_threads']} threads. Imputer fit "
+        f"{timings['imputer_fit_s']:.0f} s ({timings['imputer_epochs']} epochs), lookahead "
+        f"network {timings['lookahead_fit_s']:.0f} s ({timings['lookahead_epochs']} epochs).\n"
+    )
+    return "".join(lines)
+
+
+def plot(results: dict[str, dict], settings: Settings, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axis = plt.subplots(figsize=(5.5, 3.8))
+    for name, result in results.items():
+        axis.plot(range(len(result["rmse"])), result["rmse"], marker="o", markersize=3, label=name)
+    axis.set_xlabel("pixels acquired")
+    axis.set_ylabel("RMSE over all 256 pixels")
+    axis.set_title(f"Greedy acquisition, MNIST 16x16 ({settings.test_rows} test images)")
+    axis.legend()
+    axis.grid(alpha=0.3)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="10k train, 200 test, 10 steps")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--output-dir", type=Path, default=RESULTS)
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    settings = QUICK if args.quick else FULL
+    device = resolve_device(args.device)
+    start = time.perf_counter()
+    acquirer, timings = fit_acquirer(settings, args.device, args.seed)
+    results = run_strategies(acquirer, settings)
+    record = {
+        "settings": asdict(settings),
+        "versions": {
+            "afa": __version__,
+            "torch": torch.__version__,
+            "sklearn": sklearn.__version__,
+        },
+        "hardware": {
+            "device": str(device) if device.type == "cpu" else torch.cuda.get_device_name(device),
+            "torch_threads": torch.get_num_threads(),
+            "cpu_count": os.cpu_count(),
+            "platform": platform.platform(),
+        },
+        "timings": {**timings, "total_s": time.perf_counter() - start},
+        "results": results,
+    }
+    name = "acquisition_quick" if args.quick else "acquisition"
+    write_results(record, markdown_table(results, settings, record), args.output_dir, name)
+    plot(results, settings, args.output_dir / f"{name}.png")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,338 @@
+"""Tests of LookaheadAcquirer: choices, costs, budgets, groups, targets and episodes."""
+
+from __future__ import annotations
+
+import pickle
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+from sklearn.base import clone
+from sklearn.exceptions import NotFittedError
+from sklearn.frozen import FrozenEstimator
+
+from afa import AcquisitionPath, LookaheadAcquirer, PosteriorMatchingImputer
+
+D = 5
+SETTINGS = settings(
+    max_examples=20,
+    deadline=None,
+    database=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+
+
+def key_feature_data(n: int = 500, seed: int = 0) -> np.ndarray:
+    """Column 0 determines the row; the others are noisy copies of it."""
+    rng = np.random.default_rng(seed)
+    key = rng.normal(size=(n, 1))
+    noisy = key + 0.7 * rng.normal(size=(n, D - 1))
+    return np.hstack([key, noisy]) * 3.0 + 1.0
+
+
+def key_feature_imputer() -> PosteriorMatchingImputer:
+    """Trained long and lightly regularised: gains are differences of posterior entropies,
+    so they need a well-calibrated partial posterior (EDDI's target reward most of all)."""
+    return PosteriorMatchingImputer(
+        posterior="gaussian",
+        latent_dim=1,
+        hidden_layer_sizes=(32, 32),
+        dropout=0.0,
+        weight_decay=1e-4,
+        max_iter=400,
+        random_state=0,
+    )
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    """These models are tiny: one thread avoids OpenMP wake-up latency (3x faster here)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def key_data() -> np.ndarray:
+    return key_feature_data()
+
+
+@pytest.fixture(scope="module")
+def imputer(key_data) -> PosteriorMatchingImputer:
+    return key_feature_imputer().fit(key_data)
+
+
+@pytest.fixture(scope="module")
+def acquirer(imputer, key_data) -> LookaheadAcquirer:
+    return LookaheadAcquirer(
+        imputer=imputer, max_iter=30, lookahead_samples=16, random_state=0
+    ).fit(key_data)
+
+
+def partial_rows(X: np.ndarray, rate: float = 0.3, seed: int = 1) -> np.ndarray:
+    """Rows with some entries observed, column 0 always unobserved."""
+    rng = np.random.default_rng(seed)
+    partial = np.where(rng.random(X.shape) < rate, X, np.nan)
+    partial[:, 0] = np.nan
+    return partial
+
+
+# ---------------------------------------------------------------------- choices
+@pytest.mark.parametrize("strategy", ["sampling", "lookahead"])
+def test_the_feature_that_determines_the_rest_is_chosen_first(acquirer, key_data, strategy):
+    empty = np.full((1, D), np.nan)
+    assert acquirer.acquire_next(empty, strategy=strategy)[0] == 0
+    choices = acquirer.acquire_next(partial_rows(key_data[:100]), strategy=strategy)
+    assert np.mean(choices == 0) >= 0.9
+
+
+def test_random_strategy_spreads_its_choices(acquirer, key_data):
+    choices = acquirer.acquire_next(partial_rows(key_data[:200]), strategy="random")
+    assert len(np.unique(choices)) >= 4
+
+
+def test_costs_change_the_order(acquirer):
+    empty = np.full((1, D), np.nan)
+    expensive_key = np.array([1000.0, 1.0, 1.0, 1.0, 1.0])
+    for strategy in ("sampling", "lookahead"):
+        assert acquirer.acquire_next(empty, strategy=strategy, costs=expensive_key)[0] != 0
+        assert acquirer.acquire_next(empty, strategy=strategy, costs=np.ones(D))[0] == 0
+
+
+def test_budget_excludes_unaffordable_actions(acquirer):
+    empty = np.full((2, D), np.nan)
+    costs = np.array([5.0, 1.0, 1.0, 1.0, 1.0])
+    choice = acquirer.acquire_next(empty, strategy="sampling", costs=costs, budget=[2.0, 0.5])
+    assert choice[0] in (1, 2, 3, 4)
+    assert choice[1] == -1
+
+
+def test_minus_one_exactly_when_nothing_is_left(acquirer, key_data):
+    rows = key_data[:3].copy()
+    rows[1, 2] = np.nan
+    rows[2, :] = np.nan
+    for strategy in ("lookahead", "sampling", "random"):
+        choice = acquirer.acquire_next(rows, strategy=strategy)
+        assert choice[0] == -1
+        assert choice[1] == 2
+        assert choice[2] >= 0
+
+
+def test_stopping_rule_stops_when_gains_are_small(imputer, key_data):
+    acq = LookaheadAcquirer(imputer=imputer, strategy="sampling", min_gain=1e6).fit(key_data)
+    assert (acq.acquire_next(np.full((2, D), np.nan)) == -1).all()
+    assert (acq.acquire_next(np.full((2, D), np.nan), strategy="random") >= 0).all()
+
+
+def test_information_gain_shape_and_observed_entries(acquirer, key_data):
+    rows = partial_rows(key_data[:20])
+    for strategy in ("lookahead", "sampling"):
+        gains = acquirer.information_gain(rows, strategy=strategy)
+        assert gains.shape == rows.shape
+        observed = ~np.isnan(rows)
+        assert np.all(gains[observed] == -np.inf)
+        assert np.all(np.isfinite(gains[~observed]))
+
+
+@pytest.mark.parametrize("strategy", ["lookahead", "sampling"])
+def test_gains_do_not_depend_on_the_batch(acquirer, key_data, strategy):
+    rows = partial_rows(key_data[:12])
+    together = acquirer.information_gain(rows, strategy=strategy)
+    alone = np.vstack(
+        [acquirer.information_gain(rows[i : i + 1], strategy=strategy) for i in range(12)]
+    )
+    np.testing.assert_allclose(together, alone, rtol=1e-4, atol=1e-4)
+
+
+# ---------------------------------------------------------------------- properties
+@st.composite
+def partial_batches(draw):
+    n = draw(st.integers(1, 6))
+    observed = draw(hnp.arrays(np.bool_, (n, D)))
+    values = draw(hnp.arrays(np.float64, (n, D), elements=st.floats(-20, 20, allow_nan=False)))
+    return np.where(observed, values, np.nan), observed
+
+
+@SETTINGS
+@given(batch=partial_batches(), strategy=st.sampled_from(["lookahead", "sampling", "random"]))
+def test_never_acquires_an_observed_feature(acquirer, batch, strategy):
+    rows, observed = batch
+    choice = acquirer.acquire_next(rows, strategy=strategy)
+    nothing_left = observed.all(axis=1)
+    assert np.array_equal(choice == -1, nothing_left)
+    picked = choice[~nothing_left]
+    assert not observed[~nothing_left][np.arange(len(picked)), picked].any()
+
+
+# ---------------------------------------------------------------------- episodes
+def test_acquire_path_shapes_and_monotone_masks(acquirer, key_data):
+    X = key_data[:8]
+    path = acquirer.acquire(X, n_steps=3, strategy="lookahead")
+    assert isinstance(path, AcquisitionPath)
+    assert path.n_steps == 3
+    assert path.order.shape == (8, 3)
+    assert path.masks.shape == (4, 8, D)
+    assert path.imputations.shape == (4, 8, D)
+    assert path.errors.shape == (4, 8)
+    assert not path.masks[0].any()
+    assert np.all(path.masks[1:].sum(axis=2) == np.arange(1, 4)[:, None])
+    assert np.all(path.masks[:-1] <= path.masks[1:])
+    np.testing.assert_array_equal(path.spent[-1], 3.0)
+    observed = path.masks[-1]
+    np.testing.assert_array_equal(path.imputations[-1][observed], X[observed])
+    assert np.all(np.isfinite(path.gains))
+
+
+def test_acquire_runs_until_everything_is_observed(acquirer, key_data):
+    X = key_data[:4]
+    path = acquirer.acquire(X, strategy="random")
+    assert path.n_steps == D
+    assert path.masks[-1].all()
+    np.testing.assert_allclose(path.errors[-1], 0.0)
+    assert np.all(np.isnan(path.gains))
+    assert path.mean_errors().shape == (D + 1,)
+
+
+def test_greedy_episode_beats_random_on_the_key_feature_data(acquirer, key_data):
+    X = key_data[-100:]
+    greedy = acquirer.acquire(X, n_steps=1, strategy="lookahead").mean_errors()[1]
+    random = acquirer.acquire(X, n_steps=1, strategy="random").mean_errors()[1]
+    assert greedy < 0.9 * random  # the best possible ratio here is about 0.86
+
+
+def test_acquire_respects_budget_and_initial_mask(acquirer, key_data):
+    X = key_data[:5]
+    initial = np.zeros_like(X, dtype=bool)
+    initial[:, 0] = True
+    costs = np.array([1.0, 2.0, 2.0, 2.0, 2.0])
+    path = acquirer.acquire(X, budget=5.0, costs=costs, initial_mask=initial)
+    assert path.masks[0][:, 0].all()
+    assert np.all(path.spent[-1] <= 5.0)
+    assert np.all(path.masks[-1].sum(axis=1) == 3)  # the key plus two paid features
+    assert np.all(path.order[:, -1] >= 0) or np.all(path.order[:, -1] == -1)
+
+
+# ---------------------------------------------------------------------- groups and target
+def test_groups_are_acquired_together(imputer, key_data):
+    acq = LookaheadAcquirer(imputer=imputer, groups=[[1, 3]], max_iter=3, random_state=0)
+    acq.fit(key_data)
+    assert acq.actions_ == [(0,), (1, 3), (2,), (4,)]
+    path = acq.acquire(key_data[:6], n_steps=4, strategy="sampling")
+    for step in range(4):
+        revealed = path.masks[step + 1] & ~path.masks[step]
+        grouped = path.order[:, step] == 1
+        assert np.all(revealed[grouped][:, [1, 3]])
+        assert np.all(revealed[grouped].sum(axis=1) == 2)
+    assert acq.information_gain(np.full((2, D), np.nan)).shape == (2, 4)
+
+
+def test_target_is_never_acquired_and_directs_acquisition(imputer, key_data):
+    acq = LookaheadAcquirer(
+        imputer=imputer, target=4, max_iter=80, lookahead_samples=16, random_state=0
+    ).fit(key_data)
+    assert (4,) not in acq.actions_
+    empty = np.full((1, D), np.nan)
+    for strategy in ("sampling", "lookahead"):
+        gains = acq.information_gain(empty, strategy=strategy)
+        assert gains.shape == (1, D - 1)
+        assert np.argmax(gains[0]) == 0
+    path = acq.acquire(key_data[:5], strategy="sampling")
+    assert not path.masks[:, :, 4].any()
+    assert path.target_errors.shape == (path.n_steps + 1, 5)
+    with pytest.raises(ValueError, match="target column is observed"):
+        acq.acquire_next(key_data[:2])
+
+
+# ---------------------------------------------------------------------- imputer handling
+def test_fitted_imputer_is_used_frozen(imputer, key_data):
+    before = {k: v.clone() for k, v in imputer.model_.state_dict().items()}
+    acq = LookaheadAcquirer(imputer=imputer, max_iter=2, random_state=0).fit(key_data)
+    assert acq.imputer_ is imputer
+    after = imputer.model_.state_dict()
+    assert all(np.array_equal(before[k].numpy(), after[k].numpy()) for k in before)
+
+
+def test_unfitted_imputer_is_cloned_and_fitted(key_data):
+    template = PosteriorMatchingImputer(latent_dim=1, hidden_layer_sizes=(8,), max_iter=2)
+    acq = LookaheadAcquirer(imputer=template, strategy="random", random_state=0).fit(key_data)
+    assert acq.imputer_ is not template
+    assert not hasattr(template, "model_")
+    assert acq.imputer_.n_features_in_ == D
+
+
+def test_frozen_estimator_survives_clone(imputer, key_data):
+    acq = clone(LookaheadAcquirer(imputer=FrozenEstimator(imputer), strategy="sampling"))
+    acq.fit(key_data)
+    assert acq.imputer_ is imputer
+
+
+def test_transform_imputes_through_the_imputer(acquirer, imputer, key_data):
+    rows = partial_rows(key_data[:10])
+    np.testing.assert_array_equal(acquirer.transform(rows), imputer.transform(rows))
+
+
+def test_pickle_round_trip_keeps_decisions(acquirer, key_data):
+    rows = partial_rows(key_data[:10])
+    restored = pickle.loads(pickle.dumps(acquirer))
+    np.testing.assert_allclose(restored.information_gain(rows), acquirer.information_gain(rows))
+
+
+# ---------------------------------------------------------------------- errors
+def test_lookahead_needs_the_network(imputer, key_data):
+    acq = LookaheadAcquirer(imputer=imputer, strategy="sampling").fit(key_data)
+    assert acq.lookahead_ is None
+    with pytest.raises(NotFittedError, match="lookahead network was not trained"):
+        acq.acquire_next(np.full((1, D), np.nan), strategy="lookahead")
+
+
+@pytest.mark.parametrize(
+    ("params", "message"),
+    [
+        ({"strategy": "greedy"}, "strategy must be one of"),
+        ({"head": "gaussian"}, "head must be one of"),
+        ({"groups": [[0, 1], [1, 2]]}, "disjoint"),
+        ({"groups": [0, 1]}, "sequence of sequences"),
+        ({"target": 7}, "out of range"),
+        ({"costs": [1.0, 2.0]}, "one entry per action"),
+        ({"costs": [1.0, -1.0, 1.0, 1.0, 1.0]}, "finite and positive"),
+        ({"observed_fraction": (0.5, 0.2)}, "observed_fraction"),
+        ({"imputer": "pm"}, "PosteriorMatchingImputer"),
+    ],
+)
+def test_bad_parameters_raise_clear_errors(imputer, key_data, params, message):
+    params = {"imputer": imputer, "strategy": "sampling", **params}
+    with pytest.raises(ValueError, match=message):
+        LookaheadAcquirer(**params).fit(key_data)
+
+
+def test_bad_inputs_raise_clear_errors(acquirer, key_data):
+    with pytest.raises(ValueError, match="NaN"):
+        acquirer.acquire(partial_rows(key_data[:3]))
+    with pytest.raises(ValueError, match="features"):
+        acquirer.acquire_next(np.full((1, D + 1), np.nan))
+    with pytest.raises(ValueError, match="initial_mask has shape"):
+        acquirer.acquire(key_data[:3], initial_mask=np.zeros((2, D), bool))
+    with pytest.raises(ValueError, match="budget"):
+        acquirer.acquire_next(np.full((1, D), np.nan), budget=-1.0)
+    with pytest.raises(ValueError, match="random' has no information gain"):
+        acquirer.information_gain(np.full((1, D), np.nan), strategy="random")
+
+
+def test_column_names_for_target_and_groups(imputer, key_data):
+    frame = pd.DataFrame(key_data, columns=["key", "a", "b", "c", "diagnosis"])
+    acq = LookaheadAcquirer(
+        imputer=PosteriorMatchingImputer(latent_dim=1, hidden_layer_sizes=(8,), max_iter=2),
+        strategy="sampling",
+        groups=[["a", "c"]],
+        target="diagnosis",
+        random_state=0,
+    ).fit(frame)
+    assert acq.target_index_ == 4
+    assert acq.actions_ == [(0,), (1, 3), (2,)]
+    with pytest.raises(ValueError, match="unknown column 'age'"):
+        LookaheadAcquirer(imputer=imputer, strategy="sampling", target="age").fit(frame)
