@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
+import pandas as pd
 import torch
 from sklearn.base import BaseEstimator, OneToOneFeatureMixin, TransformerMixin, clone
 from sklearn.exceptions import NotFittedError
@@ -680,7 +681,7 @@ class LookaheadAcquirer(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
         masks, imputations, spent = [mask], [], [np.zeros(X.shape[0])]
         order, chosen_gains, seconds = [], [], []
         for _ in range(n_steps):
-            imputations.append(self.imputer_.transform(np.where(mask, X, np.nan)))
+            imputations.append(self._impute(np.where(mask, X, np.nan)))
             start = time.perf_counter()
             choice, gain = self._decide(X, mask, strategy, costs, remaining, random_rows=X)
             seconds.append(time.perf_counter() - start)
@@ -694,8 +695,15 @@ class LookaheadAcquirer(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
             order.append(choice)
             chosen_gains.append(gain)
         else:
-            imputations.append(self.imputer_.transform(np.where(mask, X, np.nan)))
+            imputations.append(self._impute(np.where(mask, X, np.nan)))
         return _path(X, masks, imputations, spent, order, chosen_gains, seconds, self.target_index_)
+
+    def _impute(self, values: np.ndarray) -> np.ndarray:
+        """The imputer's ``transform`` of an array, named as the imputer was fitted."""
+        names = getattr(self.imputer_, "feature_names_in_", None)
+        if names is None:
+            return self.imputer_.transform(values)
+        return self.imputer_.transform(pd.DataFrame(values, columns=names)).to_numpy()
 
     def _initial_mask(self, initial_mask, shape: tuple[int, int]) -> np.ndarray:
         if initial_mask is None:

@@ -1,7 +1,9 @@
 """Greedy acquisition on MNIST 16x16: lookahead vs sampling vs random (DESIGN §4).
 
 A Posterior-Matching VAE (MLP, Bernoulli decoder on the [0, 1] pixel intensities, Gaussian
-partial posterior so entropies are analytic) is fitted on the training images; a
+partial posterior so entropies are analytic, latent 10 as in the reference code, training
+masks with a uniform number of observed pixels so that sparse evidence is in the training
+distribution) is fitted on the training images; a
 :class:`afa.LookaheadAcquirer` then trains its lookahead network on top. Every test image
 starts from nothing and acquires one pixel per step under each strategy. At step ``t`` the
 error is the RMSE over all 256 pixels, acquired pixels counting as zero error, of the
@@ -42,7 +44,11 @@ class Settings:
     train_rows: int
     test_rows: int
     n_steps: int
-    latent_dim: int = 16
+    latent_dim: int = 10
+    hidden_layer_sizes: tuple[int, ...] = (256, 256)
+    imputer_max_iter: int = 400
+    lookahead_samples: int = 8
+    lookahead_max_iter: int = 10
     imputation_samples: int = 50
     sampling_samples: int = 50
     observed_fraction: tuple[float, float] = (0.0, 0.2)
@@ -60,6 +66,9 @@ def fit_acquirer(settings: Settings, device: str, seed: int) -> tuple[LookaheadA
         likelihood="bernoulli",
         posterior="gaussian",
         latent_dim=settings.latent_dim,
+        hidden_layer_sizes=settings.hidden_layer_sizes,
+        training_mask="uniform",
+        max_iter=settings.imputer_max_iter,
         n_samples=settings.imputation_samples,
         device=device,
         random_state=seed,
@@ -71,6 +80,8 @@ def fit_acquirer(settings: Settings, device: str, seed: int) -> tuple[LookaheadA
         imputer=imputer,
         n_samples=settings.sampling_samples,
         observed_fraction=settings.observed_fraction,
+        lookahead_samples=settings.lookahead_samples,
+        max_iter=settings.lookahead_max_iter,
         random_state=seed,
     )
     start = time.perf_counter()
@@ -162,6 +173,7 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(args.threads)
     settings = QUICK if args.quick else FULL
     device = resolve_device(args.device)
+    load = os.getloadavg()[0]
     start = time.perf_counter()
     acquirer, timings = fit_acquirer(settings, args.device, args.seed)
     results = run_strategies(acquirer, settings)
@@ -176,6 +188,7 @@ def main(argv: list[str] | None = None) -> None:
             "device": str(device) if device.type == "cpu" else torch.cuda.get_device_name(device),
             "torch_threads": torch.get_num_threads(),
             "cpu_count": os.cpu_count(),
+            "load_average_1min_at_start": load,
             "platform": platform.platform(),
         },
         "timings": {**timings, "total_s": time.perf_counter() - start},

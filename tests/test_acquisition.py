@@ -323,6 +323,7 @@ def test_bad_inputs_raise_clear_errors(acquirer, key_data):
         acquirer.information_gain(np.full((1, D), np.nan), strategy="random")
 
 
+@pytest.mark.filterwarnings("error::UserWarning")  # no "X does not have valid feature names"
 def test_column_names_for_target_and_groups(imputer, key_data):
     frame = pd.DataFrame(key_data, columns=["key", "a", "b", "c", "diagnosis"])
     acq = LookaheadAcquirer(
@@ -334,5 +335,8 @@ def test_column_names_for_target_and_groups(imputer, key_data):
     ).fit(frame)
     assert acq.target_index_ == 4
     assert acq.actions_ == [(0,), (1, 3), (2,)]
+    path = acq.acquire(frame.iloc[:3], n_steps=2)
+    assert path.imputations.shape == (3, 3, D)
+    assert isinstance(acq.transform(frame.iloc[:3]), pd.DataFrame)
     with pytest.raises(ValueError, match="unknown column 'age'"):
         LookaheadAcquirer(imputer=imputer, strategy="sampling", target="age").fit(frame)

@@ -90,3 +90,31 @@ def test_quick_settings_parse_and_override():
     assert settings.n_samples == 512 and settings.trials == 5
     full, *_ = uci.parse_settings(["--n-samples", "100"])
     assert full.n_samples == 100 and full.posteriors == uci.POSTERIORS
+
+
+def test_acquisition_table_reports_curves_and_speed_ratios(tmp_path):
+    from benchmarks import acquisition
+
+    settings = acquisition.Settings(train_rows=100, test_rows=4, n_steps=10)
+    results = {
+        "lookahead (entropy)": {
+            "rmse": list(np.linspace(0.3, 0.2, 11)),
+            "decision_s_per_step": 0.01,
+        },
+        "sampling": {"rmse": list(np.linspace(0.3, 0.19, 11)), "decision_s_per_step": 2.0},
+        "random": {"rmse": list(np.linspace(0.3, 0.25, 11)), "decision_s_per_step": 0.001},
+    }
+    record = {
+        "timings": {
+            "imputer_fit_s": 1,
+            "imputer_epochs": 2,
+            "lookahead_fit_s": 3,
+            "lookahead_epochs": 4,
+        },
+        "hardware": {"device": "cpu", "torch_threads": 2},
+    }
+    table = acquisition.markdown_table(results, settings, record)
+    assert "| lookahead (entropy) | 0.3000 | 0.2500 | 0.2000 | 0.01 | 200x |" in table
+    assert "| random |" in table and "| 0.001 | - |" in table
+    acquisition.plot(results, settings, tmp_path / "curve.png")
+    assert (tmp_path / "curve.png").stat().st_size > 0

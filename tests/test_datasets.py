@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from afa.datasets import data_root, load_demo_table, load_uci_maf
+from afa.datasets import data_root, load_demo_table, load_mnist, load_uci_maf
 
 
 def test_demo_table_is_a_complete_numeric_frame():
@@ -47,3 +47,41 @@ def test_load_uci_maf_missing_file_says_to_set_afa_data(tmp_path, monkeypatch):
 def test_load_uci_maf_unknown_name():
     with pytest.raises(ValueError, match="Unknown UCI dataset"):
         load_uci_maf("gas")
+
+
+def _write_idx(path: Path, array: np.ndarray) -> None:
+    import gzip
+
+    header = bytes([0, 0, 8, array.ndim]) + b"".join(int(n).to_bytes(4, "big") for n in array.shape)
+    with gzip.open(path, "wb") as stream:
+        stream.write(header + array.astype(np.uint8).tobytes())
+
+
+def test_load_mnist_reads_idx_and_resizes(tmp_path, monkeypatch):
+    monkeypatch.setenv("AFA_DATA", str(tmp_path))
+    (tmp_path / "mnist").mkdir()
+    images = np.zeros((3, 28, 28), dtype=np.uint8)
+    images[0] = 255
+    images[1, :, :14] = 255
+    _write_idx(tmp_path / "mnist" / "t10k-images-idx3-ubyte.gz", images)
+    _write_idx(tmp_path / "mnist" / "t10k-labels-idx1-ubyte.gz", np.array([7, 1, 0]))
+    rows, labels = load_mnist("test")
+    assert rows.shape == (3, 784) and rows.dtype == np.float32
+    np.testing.assert_array_equal(labels, [7, 1, 0])
+    np.testing.assert_array_equal(rows[0], 1.0)
+    small, _ = load_mnist("test", size=16)
+    assert small.shape == (3, 256)
+    assert small.min() >= 0.0 and small.max() <= 1.0
+    np.testing.assert_allclose(small[0], 1.0)
+    half = small[1].reshape(16, 16)
+    assert np.all(half[:, :7] == 1.0) and np.all(half[:, 9:] == 0.0)
+
+
+def test_load_mnist_errors(tmp_path, monkeypatch):
+    monkeypatch.setenv("AFA_DATA", str(tmp_path))
+    with pytest.raises(FileNotFoundError, match="AFA_DATA"):
+        load_mnist("train")
+    with pytest.raises(ValueError, match="Unknown MNIST split"):
+        load_mnist("validation")
+    with pytest.raises(ValueError, match="size must be a positive integer"):
+        load_mnist("train", size=0)
