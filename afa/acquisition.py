@@ -188,7 +188,7 @@ class LookaheadAcquirer(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
         below this. Not applied to ``"random"``.
     n_samples : int, default=50
         Completions per candidate for the ``"sampling"`` strategy.
-    lookahead_samples : int, default=32
+    lookahead_samples : int, default=8
         Completions per row and step when training the lookahead network.
     actions_per_step : int, default=16
         Candidates fitted per training step (a random subset, as in the reference code).
@@ -247,7 +247,7 @@ class LookaheadAcquirer(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
         costs: Sequence[float] | None = None,
         min_gain: float | None = None,
         n_samples: int = 50,
-        lookahead_samples: int = 32,
+        lookahead_samples: int = 8,
         actions_per_step: int = 16,
         observed_fraction: tuple[float, float] = (0.0, 1.0),
         hidden_layer_sizes: tuple[int, ...] | str = "auto",

@@ -145,7 +145,7 @@ def main(argv: list[str] | None = None) -> None:
     ).fit(train)
     costs = np.array([COSTS[name] for name in action_names(acquirer)])
 
-    one_patient(acquirer, test.iloc[0], costs)
+    one_patient(acquirer, test[test["malignant"] == 1].iloc[0], costs)
 
     curves = {
         "greedy (lookahead)": path_curve(acquirer, test, acquirer.acquire(test, costs=costs)),
