@@ -21,7 +21,7 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 from afa._torch import resolve_device, seeded, standard_normal
 from afa._training import Trainer, TrainingSettings
 from afa.impute import PosteriorMatchingImputer, _describe_rows
-from afa.masks import row_hash_uniforms
+from afa.masks import as_observed_mask, row_hash_uniforms
 from afa.models.lookahead import (
     ENTROPY_HEADS,
     AcquisitionProblem,
@@ -339,7 +339,7 @@ class LookaheadAcquirer(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
             return PosteriorMatchingImputer(random_state=self._imputer_seed_).fit(X_in)
         try:
             check_is_fitted(imputer)
-        except Exception:  # noqa: BLE001 - sklearn's NotFittedError or a subclass
+        except NotFittedError:
             return clone(imputer).fit(X_in)
         return imputer
 
@@ -366,7 +366,9 @@ class LookaheadAcquirer(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
 
     def _available(self, observed: np.ndarray) -> np.ndarray:
         """(n, A) bool: True where the action would reveal an unobserved column."""
-        return (self._action_matrix()[None] & ~observed[:, None]).any(-1)
+        problem = self._problem()
+        state = torch.as_tensor(observed, device=problem.actions.device)
+        return problem.available(state).cpu().numpy()
 
     def _problem(self) -> AcquisitionProblem:
         device = resolve_device(self.imputer_.device)
@@ -708,18 +710,12 @@ class LookaheadAcquirer(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
     def _initial_mask(self, initial_mask, shape: tuple[int, int]) -> np.ndarray:
         if initial_mask is None:
             return np.zeros(shape, dtype=bool)
-        mask = np.asarray(initial_mask)
-        if mask.shape != shape:
-            raise ValueError(f"initial_mask has shape {mask.shape} but X_full has shape {shape}.")
-        if mask.dtype != bool:
-            if not np.isin(mask, (0, 1)).all():
-                raise ValueError("initial_mask must be boolean (True = observed) or 0/1.")
-            mask = mask.astype(bool)
+        mask = as_observed_mask(initial_mask, shape, name="initial_mask")
         if self.target_index_ is not None and mask[:, self.target_index_].any():
             raise ValueError(
                 "initial_mask observes the target column; the target must start unknown."
             )
-        return mask.copy()
+        return mask
 
     # ------------------------------------------------------------------ imputation
     def transform(self, X):

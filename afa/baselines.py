@@ -17,6 +17,7 @@ from sklearn.mixture import GaussianMixture
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from afa._torch import embed_block
+from afa.masks import as_observed_mask
 from afa.metrics import gaussian_conditional_log_likelihood, gaussian_conditional_mean
 
 __all__ = ["GaussianImputer", "GaussianMixtureImputer"]
@@ -239,9 +240,6 @@ class GaussianMixtureImputer(TransformerMixin, BaseEstimator):
         X = self._check_rows(X)
         if np.isnan(X).any():
             raise ValueError("X has NaN: the conditional log-likelihood needs complete rows.")
-        observed = np.asarray(observed_mask)
-        if observed.shape != X.shape:
-            raise ValueError(f"observed_mask has shape {observed.shape} but X has shape {X.shape}.")
-        observed = observed.astype(bool)
+        observed = as_observed_mask(observed_mask, X.shape)
         log_joint = self.mixture_.score_samples(X)
         return np.where(observed.all(axis=1), 0.0, log_joint - self._conditional(X, observed)[0])

@@ -16,7 +16,7 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 
 from afa._torch import resolve_device, seeded, standard_normal, to_tensor
 from afa._training import Trainer, TrainingSettings
-from afa.masks import TRAINING_MASKS, row_hash_uniforms
+from afa.masks import TRAINING_MASKS, as_observed_mask, row_hash_uniforms
 from afa.models import PosteriorMatchingVAE
 from afa.posteriors import POSTERIOR_FAMILIES
 
@@ -607,18 +607,6 @@ default="auto"
             draws[:, chunk] = values.double().cpu().numpy() * self.scale_ + self.mean_
         return np.where(observed, X, draws.astype(X.dtype))
 
-    def _check_observed_mask(self, observed_mask, shape: tuple[int, int]) -> np.ndarray:
-        mask = np.asarray(observed_mask)
-        if mask.shape != shape:
-            raise ValueError(
-                f"observed_mask has shape {mask.shape} but X has shape {shape}; they must match."
-            )
-        if mask.dtype != bool:
-            if not np.isin(mask, (0, 1)).all():
-                raise ValueError("observed_mask must be boolean (True = observed) or 0/1.")
-            mask = mask.astype(bool)
-        return mask
-
     @torch.inference_mode()
     def _log_conditional(
         self, X: np.ndarray, target: np.ndarray, observed: np.ndarray, n_samples: int
@@ -663,7 +651,7 @@ default="auto"
                 f"score_conditional needs complete rows, but rows {_describe_rows(rows)} have "
                 "missing values; use score() for incomplete data."
             )
-        mask = self._check_observed_mask(observed_mask, X.shape)
+        mask = as_observed_mask(observed_mask, X.shape)
         n_samples = self.n_samples if n_samples is None else n_samples
         if not isinstance(n_samples, numbers.Integral) or n_samples < 1:
             raise ValueError(f"n_samples must be a positive integer; got {n_samples!r}.")

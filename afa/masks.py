@@ -10,7 +10,14 @@ import hashlib
 import numpy as np
 import torch
 
-__all__ = ["TRAINING_MASKS", "bernoulli_mask", "mcar_mask", "row_hash_uniforms", "uniform_mask"]
+__all__ = [
+    "TRAINING_MASKS",
+    "as_observed_mask",
+    "bernoulli_mask",
+    "mcar_mask",
+    "row_hash_uniforms",
+    "uniform_mask",
+]
 
 
 def bernoulli_mask(
@@ -43,6 +50,26 @@ def uniform_mask(
 
 
 TRAINING_MASKS = {"bernoulli": bernoulli_mask, "uniform": uniform_mask}
+
+
+def as_observed_mask(
+    mask: object, shape: tuple[int, ...], name: str = "observed_mask"
+) -> np.ndarray:
+    """Check a user's mask (boolean, or 0/1) against ``shape``; return a boolean copy.
+
+    Examples
+    --------
+    >>> as_observed_mask([[1, 0]], (1, 2))
+    array([[ True, False]])
+    """
+    mask = np.asarray(mask)
+    if mask.shape != shape:
+        raise ValueError(f"{name} has shape {mask.shape} but X has shape {shape}; they must match.")
+    if mask.dtype != bool:
+        if not np.isin(mask, (0, 1)).all():
+            raise ValueError(f"{name} must be boolean (True = observed) or 0/1.")
+        mask = mask.astype(bool)
+    return mask.copy()
 
 
 def mcar_mask(

@@ -11,23 +11,13 @@ from collections.abc import Iterator
 import numpy as np
 from numpy.typing import ArrayLike
 
+from afa.masks import as_observed_mask
+
 __all__ = [
     "gaussian_conditional_log_likelihood",
     "gaussian_conditional_mean",
     "nrmse",
 ]
-
-
-def _as_mask(observed_mask: ArrayLike, shape: tuple[int, ...]) -> np.ndarray:
-    """Boolean copy of ``observed_mask``, checked against ``shape``."""
-    mask = np.asarray(observed_mask)
-    if mask.shape != shape:
-        raise ValueError(
-            f"observed_mask has shape {mask.shape} but X has shape {shape}; they must match."
-        )
-    if mask.dtype != bool and not np.isin(mask, (0, 1)).all():
-        raise ValueError("observed_mask must be boolean (True = observed) or 0/1.")
-    return mask.astype(bool)
 
 
 def nrmse(X_true: ArrayLike, X_imputed: ArrayLike, observed_mask: ArrayLike) -> float:
@@ -64,7 +54,7 @@ def nrmse(X_true: ArrayLike, X_imputed: ArrayLike, observed_mask: ArrayLike) -> 
         raise ValueError(
             f"X_imputed has shape {X_imputed.shape} but X_true has shape {X_true.shape}."
         )
-    hidden = ~_as_mask(observed_mask, X_true.shape)
+    hidden = ~as_observed_mask(observed_mask, X_true.shape)
     scored = hidden.any(axis=0)
     if not scored.any():
         raise ValueError("observed_mask hides no entry: there is nothing to score.")
@@ -88,7 +78,7 @@ def _check_gaussian(
         raise ValueError(f"mean must be (d,) and cov (d, d); got {mean.shape} and {cov.shape}.")
     if X.ndim != 2 or X.shape[1] != d:
         raise ValueError(f"X must have shape (n, {d}); got {X.shape}.")
-    return mean, cov, X, _as_mask(observed_mask, X.shape)
+    return mean, cov, X, as_observed_mask(observed_mask, X.shape)
 
 
 def _conditionals(

@@ -258,7 +258,10 @@ class LookaheadObjective(nn.Module):
         generator: torch.Generator,
         kl_weight: float = 1.0,
     ) -> tuple[torch.Tensor, dict[str, float]]:
-        """Mean loss over the batch's valid (row, scenario, action) cells, and its terms."""
+        """Mean loss over the batch's valid (row, scenario, action) cells, and its terms.
+
+        ``kl_weight`` is part of the training loop's protocol and has no role here.
+        """
         base = self._base[0]
         device = x.device
         state = self._acquisition_state(present, generator)
