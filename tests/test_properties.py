@@ -69,11 +69,14 @@ def test_transform_is_independent_of_batch_and_order(imputer, data, seed):
     X, mask = data
     X_nan = _with_nan(X, mask)
     full = imputer.transform(X_nan)
+    # The networks run in float32, where a different batch may round differently; the
+    # rounding scales with the magnitude of the inputs (up to 1e3 here), not of the output.
+    atol = 1e-5 * (1.0 + np.abs(X).max())
     for i in range(len(X)):
         alone = imputer.transform(X_nan[i : i + 1])
-        np.testing.assert_allclose(alone[0], full[i], rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(alone[0], full[i], rtol=1e-5, atol=atol)
     perm = np.random.default_rng(seed).permutation(len(X))
-    np.testing.assert_allclose(imputer.transform(X_nan[perm]), full[perm], rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(imputer.transform(X_nan[perm]), full[perm], rtol=1e-5, atol=atol)
 
 
 @SETTINGS
