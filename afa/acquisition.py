@@ -513,7 +513,8 @@ class LookaheadAcquirer(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
             gains = self._lookahead_gains(x, state)
         else:
             gains = self._sampled_gains(x, state, problem)
-        return np.where(self._available(observed), gains.double().cpu().numpy(), -np.inf)
+        gains = torch.where(problem.available(state), gains.double(), -math.inf)
+        return gains.cpu().numpy()
 
     def _lookahead_gains(self, x: torch.Tensor, state: torch.Tensor) -> torch.Tensor:
         network = self.lookahead_.to(x.device)
