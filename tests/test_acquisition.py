@@ -214,7 +214,8 @@ def test_acquire_respects_budget_and_initial_mask(acquirer, key_data):
     assert path.masks[0][:, 0].all()
     assert np.all(path.spent[-1] <= 5.0)
     assert np.all(path.masks[-1].sum(axis=1) == 3)  # the key plus two paid features
-    assert np.all(path.order[:, -1] >= 0) or np.all(path.order[:, -1] == -1)
+    assert path.n_steps == 2  # then 1.0 is left, and every feature costs 2.0
+    np.testing.assert_array_equal(path.spent[-1], 4.0)
 
 
 # ---------------------------------------------------------------------- groups and target
