@@ -679,20 +679,19 @@ class LookaheadAcquirer(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
         if not isinstance(n_steps, numbers.Integral) or n_steps < 0:
             raise ValueError(f"n_steps must be a non-negative integer; got {n_steps!r}.")
         mask = self._initial_mask(initial_mask, X.shape)
-        remaining = self._budget(budget, X.shape[0])
+        budget = self._budget(budget, X.shape[0])
         reveals = self._action_matrix()
         masks, imputations, spent = [mask], [], [np.zeros(X.shape[0])]
         order, chosen_gains, seconds = [], [], []
         for _ in range(n_steps):
             imputations.append(self._impute(np.where(mask, X, np.nan)))
             start = time.perf_counter()
-            choice, gain = self._decide(X, mask, strategy, costs, remaining, random_rows=X)
+            choice, gain = self._decide(X, mask, strategy, costs, budget - spent[-1], X)
             seconds.append(time.perf_counter() - start)
             if (choice < 0).all():
                 break
             acquired = choice >= 0
             mask = mask | (reveals[choice] & acquired[:, None])
-            remaining = remaining - np.where(acquired, costs[choice], 0.0)
             masks.append(mask)
             spent.append(spent[-1] + np.where(acquired, costs[choice], 0.0))
             order.append(choice)

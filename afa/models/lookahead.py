@@ -90,9 +90,10 @@ def posterior_entropy(
     estimate (averaging over completions, or regressing on it, gives the expectation).
     ``noise`` has shape ``(1, N, noise_dim)`` for a batch of ``N``.
     """
+    if isinstance(posterior, MultivariateNormal):  # exact: no log-density needed at the draw
+        z = posterior.from_noise(noise)
+        return posterior.entropy().expand(z.shape[:-1]).squeeze(0), z.squeeze(0)
     z, log_prob = posterior.sample_with_log_prob(noise)
-    if isinstance(posterior, MultivariateNormal):
-        return posterior.entropy().expand_as(log_prob).squeeze(0), z.squeeze(0)
     return -log_prob.squeeze(0), z.squeeze(0)
 
 
