@@ -4,11 +4,12 @@ import logging
 
 from afa.acquisition import AcquisitionPath, LookaheadAcquirer
 from afa.exceptions import TrainingDivergedError
-from afa.impute import PosteriorMatchingImputer
+from afa.impute import ConditionalPriorImputer, PosteriorMatchingImputer
 
 __version__ = "0.1.0"
 __all__ = [
     "AcquisitionPath",
+    "ConditionalPriorImputer",
     "LookaheadAcquirer",
     "PosteriorMatchingImputer",
     "TrainingDivergedError",

@@ -137,6 +137,7 @@ class Trainer:
         self.optimizer.step()
         return {"loss": float(loss.detach()), **terms}
 
+    @torch.enable_grad()  # training works even when the caller is inside torch.no_grad()
     def run_epoch(self, x: torch.Tensor, mask: torch.Tensor) -> dict[str, float]:
         """One pass over ``(x, mask)`` in shuffled mini-batches; returns the epoch's means."""
         device = self._device()

@@ -20,7 +20,7 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 
 from afa._torch import resolve_device, seeded, standard_normal
 from afa._training import Trainer, TrainingSettings
-from afa.impute import PosteriorMatchingImputer, _describe_rows
+from afa.impute._posterior_matching import PosteriorMatchingImputer, describe_rows
 from afa.masks import as_observed_mask, row_hash_uniforms
 from afa.models.lookahead import (
     ENTROPY_HEADS,
@@ -489,7 +489,7 @@ class LookaheadAcquirer(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
         if self.target_index_ is not None and observed[:, self.target_index_].any():
             rows = np.flatnonzero(observed[:, self.target_index_])
             raise ValueError(
-                f"The target column is observed in rows {_describe_rows(rows)}; acquisition "
+                f"The target column is observed in rows {describe_rows(rows)}; acquisition "
                 "towards a target needs it unknown (NaN)."
             )
         return X, observed

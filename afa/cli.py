@@ -30,8 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
     """
     parser = argparse.ArgumentParser(
         prog="afa",
-        description="Imputation, arbitrary conditional likelihoods and active feature "
-        "acquisition.",
+        description="Imputation, arbitrary conditional likelihoods and active feature acquisition.",
     )
     parser.add_argument("--version", action="version", version=f"afa {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress (INFO)")

@@ -1,4 +1,4 @@
-"""Evaluation metrics: imputation error and exact Gaussian conditionals.
+"""Evaluation metrics: imputation error, image similarity and exact Gaussian conditionals.
 
 Convention everywhere in afa: in an ``observed_mask``, ``True`` (or 1) means *observed*; the
 other entries are the ones imputed and scored.
@@ -6,6 +6,7 @@ other entries are the ones imputed and scored.
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Iterator
 
 import numpy as np
@@ -17,6 +18,7 @@ __all__ = [
     "gaussian_conditional_log_likelihood",
     "gaussian_conditional_mean",
     "nrmse",
+    "ssim",
 ]
 
 
@@ -65,6 +67,79 @@ def nrmse(X_true: ArrayLike, X_imputed: ArrayLike, observed_mask: ArrayLike) -> 
     squared = np.where(hidden, (X_imputed - X_true) ** 2, 0.0).sum(axis=0)
     rmse = np.sqrt(squared[scored] / hidden.sum(axis=0)[scored])
     return float(np.mean(rmse / std[scored]))
+
+
+def _window_means(images: np.ndarray, window: int) -> np.ndarray:
+    """Mean of every ``window x window`` patch lying inside the images: ``(..., H-w+1, W-w+1)``."""
+    patches = np.lib.stride_tricks.sliding_window_view(images, (window, window), axis=(-2, -1))
+    return patches.mean(axis=(-2, -1))
+
+
+def ssim(
+    image_a: ArrayLike, image_b: ArrayLike, *, data_range: float = 1.0, window: int = 7
+) -> float | np.ndarray:
+    """Mean structural similarity (SSIM) of two images, or of two batches of images.
+
+    The local statistics are means, variances and the covariance over a uniform
+    ``window x window`` patch, with the sample (``N / (N - 1)``) correction of the variances;
+    ``C1 = (0.01 R)²`` and ``C2 = (0.03 R)²`` with ``R = data_range``. The result is the mean
+    over the patches lying entirely inside the image, which matches scikit-image's
+    ``structural_similarity`` with its defaults (``win_size=7``,
+    ``use_sample_covariance=True``) for a given ``data_range``.
+
+    Parameters
+    ----------
+    image_a, image_b : array-like of shape (..., H, W)
+        Images of the same shape; leading axes index a batch.
+    data_range : float, default=1.0
+        The dynamic range of the pixel values (max possible minus min possible).
+    window : int, default=7
+        Side of the square window; odd and at least 3.
+
+    Returns
+    -------
+    float or ndarray of shape (...)
+        A float for two 2-D images, otherwise one value per image; in ``[-1, 1]``, and 1 for
+        identical images.
+
+    Raises
+    ------
+    ValueError
+        When the shapes differ, an image is smaller than the window, the window is not an
+        odd integer of at least 3, or ``data_range`` is not positive.
+
+    Examples
+    --------
+    >>> image = np.arange(64.0).reshape(8, 8) / 63
+    >>> ssim(image, image)
+    1.0
+    >>> ssim(np.stack([image, image]), np.stack([image, 1 - image])).round(3)
+    array([ 1.   , -0.955])
+    """
+    a = np.asarray(image_a, dtype=np.float64)
+    b = np.asarray(image_b, dtype=np.float64)
+    if a.shape != b.shape:
+        raise ValueError(f"image_a has shape {a.shape} but image_b has shape {b.shape}.")
+    if not isinstance(window, numbers.Integral) or window < 3 or window % 2 == 0:
+        raise ValueError(f"window must be an odd integer of at least 3; got {window!r}.")
+    if a.ndim < 2 or min(a.shape[-2:]) < window:
+        raise ValueError(
+            f"ssim needs images of shape (..., H, W) with H and W at least window={window}; "
+            f"got shape {a.shape}."
+        )
+    if not data_range > 0:
+        raise ValueError(f"data_range must be positive; got {data_range!r}.")
+    mean_a, mean_b = _window_means(a, window), _window_means(b, window)
+    correction = window**2 / (window**2 - 1)
+    var_a = correction * (_window_means(a * a, window) - mean_a**2)
+    var_b = correction * (_window_means(b * b, window) - mean_b**2)
+    cov = correction * (_window_means(a * b, window) - mean_a * mean_b)
+    c1, c2 = (0.01 * data_range) ** 2, (0.03 * data_range) ** 2
+    local = ((2 * mean_a * mean_b + c1) * (2 * cov + c2)) / (
+        (mean_a**2 + mean_b**2 + c1) * (var_a + var_b + c2)
+    )
+    values = local.mean(axis=(-2, -1))
+    return float(values) if values.ndim == 0 else values
 
 
 def _check_gaussian(

@@ -118,3 +118,150 @@ def test_acquisition_table_reports_curves_and_speed_ratios(tmp_path):
     assert "| random |" in table and "| 0.001 | - |" in table
     acquisition.plot(results, settings, tmp_path / "curve.png")
     assert (tmp_path / "curve.png").stat().st_size > 0
+
+
+def _fake_measures(methods: tuple[str, ...], n: int, rng: np.random.Generator) -> dict:
+    from benchmarks import conditional_prior
+
+    measures = {}
+    for method in methods:
+        variational = method in conditional_prior.VARIATIONAL
+        measures[method] = {
+            "elbo": rng.normal(-100.0, 1.0, n) if variational else np.full(n, np.nan),
+            "ll": rng.normal(-50.0, 1.0, n),
+            "ssim": rng.random(n),
+            "sample_std": rng.random(n),
+            "tv": rng.random(n),
+            "s_per_query_batched": 0.01,
+            "s_per_query_single": 0.2,
+            "errors": {},
+        }
+        if variational:
+            measures[method]["kl"] = rng.random(n)
+    return measures
+
+
+def test_conditional_prior_report_has_every_method_and_the_bars(tmp_path):
+    from dataclasses import asdict
+
+    from benchmarks import conditional_prior
+
+    settings = conditional_prior.SMOKE
+    rng = np.random.default_rng(0)
+    n = settings.n_queries
+    low = _fake_measures(settings.methods, n, rng)
+    low["planar"]["elbo"] = low["gvi"]["elbo"] + 0.5
+    low["rejection"]["ll"][0] = np.nan
+    low["rejection"]["errors"] = {"score_conditional": "accepted fewer than 500 draws"}
+    high = _fake_measures(settings.high_methods, settings.high_queries, rng)
+    record = {
+        "settings": asdict(settings),
+        "hardware": {"device": "cpu", "torch_threads": 1},
+        "timings": {
+            "vae_fit_s": 1.0,
+            "vae_epochs": 3,
+            "high_vae_fit_s": 2.0,
+            "high_vae_epochs": 3,
+            "total_s": 60.0,
+        },
+        "bars": conditional_prior.bars(low),
+        "results": conditional_prior.summarised(low),
+        "exact": {"tv_floor": list(rng.random(n))},
+        "high": conditional_prior.summarised(high),
+    }
+    table = conditional_prior.markdown_table(record)
+    for method in settings.methods:
+        assert f"\n| {method} |" in table
+    assert "| exact draws (TV floor) |" in table
+    assert (
+        "| share of queries with planar C-ELBO ≥ gvi C-ELBO ≥ 0.8 | 1.000 | 0.800 | yes |" in table
+    )
+    assert "| planar s/query batched ÷ one at a time ≤ 0.1 | 0.050 | 0.100 | yes |" in table
+    assert "(C-ELBO of variational methods, LL of all) = 1 | 0.800 | 1.000 | **no** |" in table
+    assert "- rejection, score_conditional: accepted fewer than 500 draws" in table
+    assert "| hmc | - | " in table and "| - / 80 |" in table
+    assert "binarized MNIST, 5 random test queries with 20% random pixels as evidence" in table
+    assert "## Latent 32, hidden (256,)" in table
+
+
+def test_conditional_prior_figures_are_written(tmp_path):
+    from benchmarks import conditional_prior
+
+    rng = np.random.default_rng(0)
+    images = (rng.random((3, 784)) < 0.3).astype(float)
+    observed = rng.random((3, 784)) < 0.2
+    pictures = {
+        method: {"imputation": rng.random((3, 784)), "samples": rng.random((2, 3, 784)) < 0.5}
+        for method in ("gvi", "planar", "hmc")
+    }
+    conditional_prior.plot_samples(images, observed, pictures, tmp_path / "samples.png")
+    axis = np.linspace(-5, 5, 41)
+    mass = np.exp(-0.5 * (axis[:, None] ** 2 + axis[None, :] ** 2))
+    panels = [
+        {"axis": axis, "mass": mass / mass.sum(), "draws": {"gvi": rng.normal(size=(50, 2))}}
+        for _ in range(2)
+    ]
+    conditional_prior.plot_posteriors(panels, tmp_path / "posteriors.png")
+    assert (tmp_path / "samples.png").stat().st_size > 0
+    assert (tmp_path / "posteriors.png").stat().st_size > 0
+
+
+def test_conditional_prior_tv_of_exact_draws_shrinks_with_more_draws():
+    from benchmarks import conditional_prior
+
+    axis = np.linspace(-5, 5, 101)
+    mass = np.exp(-0.5 * ((axis[:, None] - 1) ** 2 + axis[None, :] ** 2 / 0.25))
+    mass /= mass.sum()
+    edges = np.linspace(-5, 5, 21)
+    weights = conditional_prior._bin_weights(axis, edges)
+    np.testing.assert_allclose(weights.sum(axis=1), 1.0)
+    binned = weights.T @ mass @ weights
+    assert binned.sum() == pytest.approx(1.0)
+    rng = np.random.default_rng(0)
+    distances = [
+        conditional_prior.total_variation(
+            conditional_prior._histogram(conditional_prior._exact_draws(mass, axis, n, rng), edges),
+            binned,
+        )
+        for n in (100, 100_000)
+    ]
+    assert distances[1] < 0.02 < distances[0]
+    flipped = conditional_prior._histogram(
+        conditional_prior._exact_draws(mass.T, axis, 10_000, rng), edges
+    )
+    assert conditional_prior.total_variation(flipped, binned) > 0.3
+
+
+class _FailingSampler:
+    """Stands in for an imputer whose C-ELBO call raises."""
+
+    def conditional_elbo(self, X, n_samples):
+        raise RuntimeError("accepted fewer than 10 draws")
+
+    def score_conditional(self, X, observed, n_samples):
+        return np.zeros(len(X))
+
+    def transform(self, X):
+        return np.nan_to_num(X, nan=0.5)
+
+    def sample(self, X, n_samples):
+        return np.broadcast_to(np.nan_to_num(X, nan=1.0), (n_samples, *X.shape)).copy()
+
+
+def test_conditional_prior_evaluation_keeps_going_after_a_failed_call():
+    from benchmarks import conditional_prior
+
+    rng = np.random.default_rng(0)
+    images = (rng.random((6, 49)) < 0.5).astype(float)
+    queries = conditional_prior.Queries(np.arange(6), images, rng.random((6, 49)) < 0.2)
+    settings = conditional_prior.SMOKE
+    measures, pictures = conditional_prior.evaluate_method(
+        _FailingSampler(), queries, settings, detailed=True
+    )
+    assert measures["errors"] == {"conditional_elbo": "accepted fewer than 10 draws"}
+    assert np.isnan(measures["elbo"]).all() and (measures["ll"] == 0).all()
+    assert measures["ssim"].shape == (6,) and (measures["sample_std"] == 0).all()
+    assert pictures["samples"].shape == (2, settings.plot_queries, 49)
+    summary = conditional_prior.summarise(measures, "gvi")
+    assert summary["finite_elbo"] == 0.0 and summary["elbo_median"] is None
+    assert summary["finite_ll"] == 1.0 and summary["ll_median"] == 0.0

@@ -456,13 +456,13 @@ def test_auto_parameters_resolve(data_nan):
 
 
 def test_auto_decoder_follows_the_table_size(monkeypatch):
-    import afa.impute
+    import afa.impute._posterior_matching as posterior_matching
 
-    monkeypatch.setattr(afa.impute, "_MIN_CORRELATED_ROWS", 50)
+    monkeypatch.setattr(posterior_matching, "_MIN_CORRELATED_ROWS", 50)
     X = np.random.default_rng(0).normal(size=(60, 4))
     imp = PosteriorMatchingImputer(max_iter=1, n_samples=4, random_state=0).fit(X)
     assert imp.hyperparameters_["decoder_scale"] == "correlated"  # enough rows, 4 features
-    monkeypatch.setattr(afa.impute, "_MAX_CORRELATED_FEATURES", 3)
+    monkeypatch.setattr(posterior_matching, "_MAX_CORRELATED_FEATURES", 3)
     imp.fit(X)
     assert imp.hyperparameters_["decoder_scale"] == "heteroscedastic"  # too wide
     assert (
@@ -472,7 +472,7 @@ def test_auto_decoder_follows_the_table_size(monkeypatch):
 
 
 def test_results_do_not_depend_on_inference_chunking(fitted, data_nan, data, monkeypatch):
-    import afa.impute
+    import afa.impute._posterior_matching as posterior_matching
 
     mask = np.random.default_rng(0).random(data[:30].shape) < 0.5
     expected = (
@@ -481,7 +481,7 @@ def test_results_do_not_depend_on_inference_chunking(fitted, data_nan, data, mon
         fitted.score_conditional(data[:30], mask),
         fitted.score(data[:30]),
     )
-    monkeypatch.setattr(afa.impute, "_NOISE_ELEMENTS_PER_CHUNK", 64)  # 2 rows per chunk
+    monkeypatch.setattr(posterior_matching, "NOISE_ELEMENTS_PER_CHUNK", 64)  # 2 rows per chunk
     chunked = (
         fitted.transform(data_nan[:30]),
         fitted.sample(data_nan[:30], 3),

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
-from afa import LookaheadAcquirer, PosteriorMatchingImputer
+from afa import ConditionalPriorImputer, LookaheadAcquirer, PosteriorMatchingImputer
 
 
 def _tiny_imputer() -> PosteriorMatchingImputer:
@@ -26,6 +26,16 @@ def _tiny_imputer() -> PosteriorMatchingImputer:
             lookahead_samples=2,
             actions_per_step=2,
             max_iter=2,
+            random_state=0,
+        ),
+        ConditionalPriorImputer(
+            inference="gvi",
+            latent_dim=2,
+            hidden_layer_sizes=(8,),
+            max_epochs=2,
+            n_noise=16,
+            max_iter=5,
+            n_samples=4,
             random_state=0,
         ),
     ]

@@ -93,9 +93,11 @@ class GaussianLikelihood(_FactorisedLikelihood):
 
     def parameters_from(self, decoder_output: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(mean, scale)`` of ``p(x | z)`` for a decoder output."""
-        mean = decoder_output[..., : self.n_features]
         heteroscedastic = self.raw_scale.numel() == 0
-        raw = decoder_output[..., self.n_features :] if heteroscedastic else self.raw_scale
+        # a heteroscedastic output is [means, raw scales] for however many features it has
+        width = decoder_output.shape[-1] // 2 if heteroscedastic else self.n_features
+        mean = decoder_output[..., :width]
+        raw = decoder_output[..., width:] if heteroscedastic else self.raw_scale
         return mean, _positive(raw, self.min_scale)
 
     def element_log_prob(self, x: torch.Tensor, decoder_output: torch.Tensor) -> torch.Tensor:
@@ -120,9 +122,11 @@ class BernoulliLikelihood(_FactorisedLikelihood):
         super().__init__()
 
     def element_log_prob(self, x: torch.Tensor, decoder_output: torch.Tensor) -> torch.Tensor:
-        """Element-wise ``x log p + (1 - x) log(1 - p)``; ``x`` may be fractional."""
-        x, logits = torch.broadcast_tensors(x, decoder_output)
-        return -nn.functional.binary_cross_entropy_with_logits(logits, x, reduction="none")
+        """Element-wise ``x log p + (1 - x) log(1 - p)``; ``x`` may be fractional.
+
+        Written as ``x·logit - softplus(logit)``, which broadcasts ``x`` without copying it.
+        """
+        return x * decoder_output - nn.functional.softplus(decoder_output)
 
     def mean(self, decoder_output: torch.Tensor) -> torch.Tensor:
         """The decoder mean ``sigmoid(logits)``."""

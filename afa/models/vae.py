@@ -126,10 +126,7 @@ default="heteroscedastic"
         reconstruction = self.decoder_log_prob(x, mask, z)
         kl = _kl_to_standard_normal(encoder)
         elbo = reconstruction - kl_weight * kl
-        draw_mask = TRAINING_MASKS[self.training_mask]
-        partial_mask = mask & draw_mask(tuple(x.shape), generator, x.device)
-        target = z.detach() if self.stop_gradient else z
-        matching = -self.partial_posterior(x, partial_mask).log_prob(target)
+        matching = self._matching_loss(x, mask, z, generator)
         loss = (-elbo + self.pm_weight * matching).mean()
         terms = {
             "elbo": float((reconstruction - kl).detach().mean()),
@@ -137,6 +134,18 @@ default="heteroscedastic"
             "pm": float(matching.detach().mean()),
         }
         return loss, terms
+
+    def _matching_loss(
+        self, x: torch.Tensor, mask: torch.Tensor, z: torch.Tensor, generator: torch.Generator
+    ) -> torch.Tensor:
+        """``-log q(z | x_o)`` per row under a fresh training mask; zeros when ``pm_weight`` is
+        0 (a plain VAE, whose partial posterior then stays untrained)."""
+        if self.pm_weight == 0:
+            return torch.zeros_like(z[:, 0])
+        draw_mask = TRAINING_MASKS[self.training_mask]
+        partial_mask = mask & draw_mask(tuple(x.shape), generator, x.device)
+        target = z.detach() if self.stop_gradient else z
+        return -self.partial_posterior(x, partial_mask).log_prob(target)
 
     # ------------------------------------------------------------------ densities
     def decoder_log_prob(

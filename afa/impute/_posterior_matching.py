@@ -1,4 +1,4 @@
-"""scikit-learn estimators for imputation and arbitrary conditional likelihoods."""
+"""PosteriorMatchingImputer: a VAE with a partial posterior, as a scikit-learn transformer."""
 
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ from afa.posteriors import POSTERIOR_FAMILIES
 
 __all__ = ["PosteriorMatchingImputer"]
 
-_NOISE_ELEMENTS_PER_CHUNK = 2**20  # rows x samples x features processed at once at inference
+NOISE_ELEMENTS_PER_CHUNK = 2**20  # rows x samples x features processed at once at inference
 # A correlated decoder factorises a d x d matrix per row and mask; beyond this width the
 # cost outgrows its benefit, and "auto" falls back to the factorised heteroscedastic decoder.
 _MAX_CORRELATED_FEATURES = 64
@@ -94,7 +94,7 @@ def _check_numeric_columns(X: object) -> None:
             )
 
 
-def _describe_rows(rows: np.ndarray, limit: int = 10) -> str:
+def describe_rows(rows: np.ndarray, limit: int = 10) -> str:
     shown = ", ".join(str(int(r)) for r in rows[:limit])
     return f"[{shown}{', ...' if len(rows) > limit else ''}] ({len(rows)} rows)"
 
@@ -103,7 +103,7 @@ def _check_rows_observed(observed: np.ndarray) -> None:
     empty_rows = np.flatnonzero(~observed.any(axis=1))
     if empty_rows.size:
         raise ValueError(
-            f"Training rows {_describe_rows(empty_rows)} have no observed values; drop them "
+            f"Training rows {describe_rows(empty_rows)} have no observed values; drop them "
             "before fitting."
         )
 
@@ -535,7 +535,7 @@ default="auto"
         return standard_normal((n_samples, 1, width), base + offset, device)
 
     def _chunks(self, n_rows: int, n_samples: int) -> list[slice]:
-        per_chunk = max(1, _NOISE_ELEMENTS_PER_CHUNK // (n_samples * self.n_features_in_))
+        per_chunk = max(1, NOISE_ELEMENTS_PER_CHUNK // (n_samples * self.n_features_in_))
         return [slice(s, min(s + per_chunk, n_rows)) for s in range(0, n_rows, per_chunk)]
 
     def _wrap_like(self, values: np.ndarray, X_in) -> np.ndarray | pd.DataFrame:
@@ -648,7 +648,7 @@ default="auto"
         if not present.all():
             rows = np.flatnonzero(~present.all(axis=1))
             raise ValueError(
-                f"score_conditional needs complete rows, but rows {_describe_rows(rows)} have "
+                f"score_conditional needs complete rows, but rows {describe_rows(rows)} have "
                 "missing values; use score() for incomplete data."
             )
         mask = as_observed_mask(observed_mask, X.shape)
