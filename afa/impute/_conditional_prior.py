@@ -27,9 +27,9 @@ from afa.conditional import (
 )
 from afa.impute._posterior_matching import (
     NOISE_ELEMENTS_PER_CHUNK,
+    ImputerTagsMixin,
     PosteriorMatchingImputer,
     describe_rows,
-    is_scalar_nan,
 )
 from afa.masks import as_observed_mask
 
@@ -39,7 +39,9 @@ _VARIATIONAL = ("gvi", "planar", "fcn")
 _SAMPLERS = ("hmc", "rejection", "pseudo_gibbs")
 
 
-class ConditionalPriorImputer(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
+class ConditionalPriorImputer(
+    ImputerTagsMixin, OneToOneFeatureMixin, TransformerMixin, BaseEstimator
+):
     """Answer each query ``p(x_u | x_o)`` by per-query inference in a frozen VAE.
 
     For every row, the latent posterior ``p(z | x_o)`` of a trained VAE is approximated by a
@@ -177,12 +179,6 @@ learning_rate_init, early_stopping : see :class:`PosteriorMatchingImputer`
         self.device = device
         self.random_state = random_state
         self.verbose = verbose
-
-    def __sklearn_tags__(self):
-        tags = super().__sklearn_tags__()
-        tags.input_tags.allow_nan = is_scalar_nan(self.missing_values)
-        tags.transformer_tags.preserves_dtype = ["float64", "float32"]
-        return tags
 
     # ------------------------------------------------------------------ fitting
     def _check_params(self) -> None:

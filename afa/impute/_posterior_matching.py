@@ -108,7 +108,20 @@ def _check_rows_observed(observed: np.ndarray) -> None:
         )
 
 
-class PosteriorMatchingImputer(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
+class ImputerTagsMixin:
+    """scikit-learn tags of afa's imputers: NaN input allowed (when it marks missing
+    entries) and the float dtype preserved."""
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.input_tags.allow_nan = is_scalar_nan(self.missing_values)
+        tags.transformer_tags.preserves_dtype = ["float64", "float32"]
+        return tags
+
+
+class PosteriorMatchingImputer(
+    ImputerTagsMixin, OneToOneFeatureMixin, TransformerMixin, BaseEstimator
+):
     """Impute and score any conditional ``p(x_u | x_o)`` with a Posterior-Matching VAE.
 
     A VAE (full-covariance Gaussian encoder, residual-MLP decoder) is trained jointly with a
@@ -270,12 +283,6 @@ default="auto"
         self.random_state = random_state
         self.verbose = verbose
         self.warm_start = warm_start
-
-    def __sklearn_tags__(self):
-        tags = super().__sklearn_tags__()
-        tags.input_tags.allow_nan = is_scalar_nan(self.missing_values)
-        tags.transformer_tags.preserves_dtype = ["float64", "float32"]
-        return tags
 
     # ------------------------------------------------------------------ parameters
     def _check_params(self) -> None:
