@@ -4,7 +4,7 @@ import logging
 
 from afa.acquisition import AcquisitionPath, LookaheadAcquirer
 from afa.exceptions import TrainingDivergedError
-from afa.impute import ConditionalPriorImputer, PosteriorMatchingImputer
+from afa.impute import ConditionalPriorImputer, PosteriorMatchingImputer, QueryPosteriors
 
 __version__ = "0.1.0"
 __all__ = [
@@ -12,6 +12,7 @@ __all__ = [
     "ConditionalPriorImputer",
     "LookaheadAcquirer",
     "PosteriorMatchingImputer",
+    "QueryPosteriors",
     "TrainingDivergedError",
     "__version__",
 ]

@@ -318,12 +318,15 @@ def grid_posterior(
 @torch.no_grad()
 def exact_comparison(
     imputers: dict[str, ConditionalPriorImputer],
-    evidence: Evidence,
+    base: PosteriorMatchingImputer,
+    queries: Queries,
     elbos: dict[str, np.ndarray],
     settings: Settings,
     seed: int,
 ) -> tuple[dict, list[dict]]:
     """Compare every method's latent draws with the exact grid posterior (paper Fig. 4).
+
+    The grid uses ``base``'s decoder and the queries' evidence.
 
     Returns
     -------
@@ -336,6 +339,10 @@ def exact_comparison(
         For the first ``settings.posterior_queries`` queries: the grid ``axis``, the cell
         ``mass`` of shape ``(R, R)`` and ``draws`` of the plotted methods.
     """
+    with_nan = queries.with_nan
+    model = base._model()
+    x, mask = base._tensors(queries.images, queries.observed)
+    evidence = Evidence(model.decoder, model.likelihood, x, mask)
     start = time.perf_counter()
     mass, log_evidence = grid_posterior(evidence, settings.grid_limit, settings.grid_resolution)
     grid_s = time.perf_counter() - start
@@ -354,9 +361,7 @@ def exact_comparison(
         method: _attempt(
             errors,
             method,
-            lambda imputer=imputer: (
-                imputer._latents(evidence, settings.n_draws, None).cpu().numpy()
-            ),
+            lambda imputer=imputer: imputer.condition(with_nan).latents(settings.n_draws),
             failed,
         )
         for method, imputer in imputers.items()
@@ -663,9 +668,8 @@ def run_low(
         start = time.perf_counter()
         measures[method], pictures[method] = evaluate_method(imputer, queries, settings, True)
         measures[method]["evaluate_s"] = _report_progress(method, start)
-    evidence = imputers[settings.methods[0]]._evidence(queries.with_nan)[2]
     elbos = {m: measures[m]["elbo"] for m in settings.methods}
-    exact, panels = exact_comparison(imputers, evidence, elbos, settings, seed)
+    exact, panels = exact_comparison(imputers, base, queries, elbos, settings, seed)
     for method in settings.methods:
         measures[method]["tv"] = exact["tv"][method]
         if method in exact["errors"]:

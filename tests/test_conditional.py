@@ -510,3 +510,24 @@ def test_own_base_trains_inside_no_grad(data):
             inference="gvi", latent_dim=2, hidden_layer_sizes=(8,), max_epochs=2, random_state=0
         ).fit(data)
     assert imputer.n_iter_ == 2
+
+
+@pytest.mark.parametrize("inference", ["planar", "hmc"])
+def test_condition_fits_once_and_reports_each_row(base, data, inference):
+    from afa import QueryPosteriors
+
+    _, _, X_nan = _queries(data)
+    imputer = _imputer(base, inference=inference).fit(data)
+    posteriors = imputer.condition(X_nan)
+    assert isinstance(posteriors, QueryPosteriors) and len(posteriors) == len(X_nan)
+    assert posteriors.finite.all() and posteriors.converged.shape == (len(X_nan),)
+    if inference == "planar":
+        assert (posteriors.n_iter > 0).all()
+    else:
+        assert posteriors.converged.all() and (posteriors.n_iter == 0).all()
+    draws = posteriors.latents(7)
+    assert draws.shape == (7, len(X_nan), 2) and np.isfinite(draws).all()
+    np.testing.assert_array_equal(posteriors.latents(7), draws)  # seeded: repeatable
+    assert not np.array_equal(posteriors.latents(7, random_state=1), draws)
+    with pytest.raises(ValueError, match="n_samples must be a positive integer"):
+        posteriors.latents(0)

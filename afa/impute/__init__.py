@@ -6,7 +6,7 @@
   VAE's decoder (Wu, Domke & Sanner, 2018), with reference samplers.
 """
 
-from afa.impute._conditional_prior import ConditionalPriorImputer
+from afa.impute._conditional_prior import ConditionalPriorImputer, QueryPosteriors
 from afa.impute._posterior_matching import PosteriorMatchingImputer
 
-__all__ = ["ConditionalPriorImputer", "PosteriorMatchingImputer"]
+__all__ = ["ConditionalPriorImputer", "PosteriorMatchingImputer", "QueryPosteriors"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import numbers
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -33,10 +34,51 @@ from afa.impute._posterior_matching import (
 )
 from afa.masks import as_observed_mask
 
-__all__ = ["ConditionalPriorImputer"]
+__all__ = ["ConditionalPriorImputer", "QueryPosteriors"]
 
 _VARIATIONAL = ("gvi", "planar", "fcn")
 _SAMPLERS = ("hmc", "rejection", "pseudo_gibbs")
+
+
+@dataclass(frozen=True)
+class QueryPosteriors:
+    """Every row's answer to ``p(z | x_o)``, from :meth:`ConditionalPriorImputer.condition`.
+
+    Fitting the conditional priors once and drawing from them many times avoids refitting
+    in every call of the estimator.
+
+    Attributes
+    ----------
+    converged : ndarray of bool, shape (n,)
+        Whether each row's fit met the tolerance (or stopped on held-out draws) before
+        ``max_iter``. Always True for the samplers, which have nothing to fit.
+    n_iter : ndarray of int, shape (n,)
+        Optimiser iterations per row, over both fitting stages (0 for the samplers).
+    finite : ndarray of bool, shape (n,)
+        Whether each row's fitted parameters and C-ELBO on the fitting batch are finite.
+    """
+
+    imputer: ConditionalPriorImputer
+    evidence: Evidence
+    family: AffineFamily | None
+    params: torch.Tensor | None
+    converged: np.ndarray
+    n_iter: np.ndarray
+    finite: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.evidence)
+
+    def latents(self, n_samples: int, random_state: int | None = None) -> np.ndarray:
+        """``n_samples`` draws of ``z`` per row: shape ``(n_samples, n, latent_dim)``.
+
+        Parameters
+        ----------
+        n_samples : int
+        random_state : int or None, default=None
+            Seed of the draws; ``None`` uses the imputer's seed (repeatable draws).
+        """
+        return self.imputer._draw_latents(self, n_samples, random_state).cpu().numpy()
 
 
 class ConditionalPriorImputer(
@@ -279,7 +321,12 @@ learning_rate_init, early_stopping : see :class:`PosteriorMatchingImputer`
     def _generator(self, offset: int, seed: int | None = None) -> torch.Generator:
         return torch.Generator().manual_seed((self._seed_ if seed is None else seed) + offset)
 
-    def _fit_queries(self, evidence: Evidence) -> tuple[AffineFamily, torch.Tensor]:
+    def _condition(self, evidence: Evidence) -> QueryPosteriors:
+        """Fit each row's conditional prior (nothing to fit for the samplers)."""
+        n = len(evidence)
+        if self.inference not in _VARIATIONAL:
+            ones = np.ones(n, dtype=bool)
+            return QueryPosteriors(self, evidence, None, None, ones, np.zeros(n, int), ones)
         family = FAMILIES[self.inference](evidence.latent_dim, self.n_layers)
         noise = whitened_noise(self.n_noise, evidence.latent_dim, self._generator(0))
         held_out = whitened_noise(self.n_noise, evidence.latent_dim, self._generator(5))
@@ -294,16 +341,44 @@ learning_rate_init, early_stopping : see :class:`PosteriorMatchingImputer`
             tol=self.tol,
             learning_rate=self.learning_rate,
         )
-        return family, result.params
+        finite = torch.isfinite(result.loss) & torch.isfinite(result.params).all(-1)
+        return QueryPosteriors(
+            self,
+            evidence,
+            family,
+            result.params,
+            result.converged.cpu().numpy(),
+            result.n_iter.cpu().numpy(),
+            finite.cpu().numpy(),
+        )
 
-    def _latents(self, evidence: Evidence, n_samples: int, seed: int | None) -> torch.Tensor:
+    def condition(self, X) -> QueryPosteriors:
+        """Fit every row's conditional prior once, for repeated draws and diagnostics.
+
+        Parameters
+        ----------
+        X : array-like or DataFrame of shape (n, d)
+            NaN marks the unobserved entries; the others are the evidence.
+
+        Returns
+        -------
+        QueryPosteriors
+        """
+        return self._condition(self._evidence(X)[2])
+
+    def _draw_latents(
+        self, posteriors: QueryPosteriors, n_samples: int, seed: int | None
+    ) -> torch.Tensor:
         """``(n_samples, n, L)`` draws of ``z`` given each row's evidence."""
-        generator = self._generator(2, seed)
-        if self.inference in _VARIATIONAL:
-            family, params = self._fit_queries(evidence)
+        if not isinstance(n_samples, numbers.Integral) or n_samples < 1:
+            raise ValueError(f"n_samples must be a positive integer; got {n_samples!r}.")
+        evidence, generator = posteriors.evidence, self._generator(2, seed)
+        if posteriors.family is not None:
             noise = torch.randn(n_samples, evidence.latent_dim, generator=generator)
             with torch.no_grad():
-                return family.transform(params, noise.to(evidence.x.device))[0]
+                return posteriors.family.transform(posteriors.params, noise.to(evidence.x.device))[
+                    0
+                ]
         if self.inference == "hmc":
             return hmc_sample(
                 evidence, n_samples, generator, n_chains=self.n_chains, n_burnin=self.n_burnin
@@ -315,6 +390,9 @@ learning_rate_init, early_stopping : see :class:`PosteriorMatchingImputer`
             return pseudo_gibbs_sample(
                 evidence, encoder, n_samples, generator, self.n_chains, self.n_burnin
             )
+
+    def _latents(self, evidence: Evidence, n_samples: int, seed: int | None) -> torch.Tensor:
+        return self._draw_latents(self._condition(evidence), n_samples, seed)
 
     def _decode(self, evidence: Evidence, z: torch.Tensor, draw: bool, seed: int | None):
         """Decoder means (or draws) of ``x`` given ``x_o`` at each latent: ``(S, n, d)``."""
@@ -406,7 +484,8 @@ learning_rate_init, early_stopping : see :class:`PosteriorMatchingImputer`
             raise ValueError(f"n_samples must be a positive integer; got {n_samples!r}.")
         if self.inference not in _VARIATIONAL:
             return np.full(X.shape[0], np.nan)
-        family, params = self._fit_queries(evidence)
+        posteriors = self._condition(evidence)
+        family, params = posteriors.family, posteriors.params
         noise = torch.randn(draws, evidence.latent_dim, generator=self._generator(4))
         per_chunk = max(1, NOISE_ELEMENTS_PER_CHUNK // (X.shape[0] * X.shape[1]))
         with torch.no_grad():
