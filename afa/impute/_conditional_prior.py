@@ -30,9 +30,8 @@ from afa.impute._posterior_matching import (
     NOISE_ELEMENTS_PER_CHUNK,
     ImputerTagsMixin,
     PosteriorMatchingImputer,
-    describe_rows,
+    check_score_inputs,
 )
-from afa.masks import as_observed_mask
 
 __all__ = ["ConditionalPriorImputer", "QueryPosteriors"]
 
@@ -520,17 +519,9 @@ learning_rate_init, early_stopping : see :class:`PosteriorMatchingImputer`
             Rows with nothing unobserved score exactly 0.
         """
         check_is_fitted(self)
-        X, present = self.base_._validate(X, reset=False)
-        if not present.all():
-            rows = np.flatnonzero(~present.all(axis=1))
-            raise ValueError(
-                f"score_conditional needs complete rows, but rows {describe_rows(rows)} have "
-                "missing values."
-            )
-        mask = as_observed_mask(observed_mask, X.shape)
-        n_samples = self.n_samples if n_samples is None else n_samples
-        if not isinstance(n_samples, numbers.Integral) or n_samples < 1:
-            raise ValueError(f"n_samples must be a positive integer; got {n_samples!r}.")
+        X, present, mask, n_samples = check_score_inputs(
+            self.base_._validate, X, observed_mask, n_samples, self.n_samples
+        )
         x, full = self.base_._tensors(X, present)
         mask_t = torch.as_tensor(mask, device=x.device)
         model = self.base_._model()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import math
 import numbers
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -106,6 +107,33 @@ def _check_rows_observed(observed: np.ndarray) -> None:
             f"Training rows {describe_rows(empty_rows)} have no observed values; drop them "
             "before fitting."
         )
+
+
+def check_score_inputs(
+    validate: Callable[..., tuple[np.ndarray, np.ndarray]],
+    X,
+    observed_mask,
+    n_samples: int | None,
+    default_samples: int,
+    hint: str = "",
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+    """The checked inputs of ``score_conditional``: complete rows, where they are present,
+    the evidence mask and the number of samples (``default_samples`` when None).
+
+    ``validate`` is a fitted imputer's ``_validate``, which checks the columns.
+    """
+    X, present = validate(X, reset=False)
+    if not present.all():
+        rows = np.flatnonzero(~present.all(axis=1))
+        raise ValueError(
+            f"score_conditional needs complete rows, but rows {describe_rows(rows)} have "
+            f"missing values{hint}."
+        )
+    mask = as_observed_mask(observed_mask, X.shape)
+    n_samples = default_samples if n_samples is None else n_samples
+    if not isinstance(n_samples, numbers.Integral) or n_samples < 1:
+        raise ValueError(f"n_samples must be a positive integer; got {n_samples!r}.")
+    return X, present, mask, n_samples
 
 
 class ImputerTagsMixin:
@@ -651,17 +679,10 @@ default="auto"
             Rows with nothing unobserved score exactly 0.
         """
         check_is_fitted(self)
-        X, present = self._validate(X, reset=False)
-        if not present.all():
-            rows = np.flatnonzero(~present.all(axis=1))
-            raise ValueError(
-                f"score_conditional needs complete rows, but rows {describe_rows(rows)} have "
-                "missing values; use score() for incomplete data."
-            )
-        mask = as_observed_mask(observed_mask, X.shape)
-        n_samples = self.n_samples if n_samples is None else n_samples
-        if not isinstance(n_samples, numbers.Integral) or n_samples < 1:
-            raise ValueError(f"n_samples must be a positive integer; got {n_samples!r}.")
+        hint = "; use score() for incomplete data"
+        X, present, mask, n_samples = check_score_inputs(
+            self._validate, X, observed_mask, n_samples, self.n_samples, hint
+        )
         return self._log_conditional(X, present, mask, n_samples)
 
     def score(self, X, y=None) -> float:
