@@ -393,8 +393,11 @@ learning_rate_init, early_stopping : see :class:`PosteriorMatchingImputer`
     def _latents(self, evidence: Evidence, n_samples: int, seed: int | None) -> torch.Tensor:
         return self._draw_latents(self._condition(evidence), n_samples, seed)
 
-    def _decode(self, evidence: Evidence, z: torch.Tensor, draw: bool, seed: int | None):
-        """Decoder means (or draws) of ``x`` given ``x_o`` at each latent: ``(S, n, d)``."""
+    def _decode(
+        self, evidence: Evidence, z: torch.Tensor, draw: bool, seed: int | None
+    ) -> torch.Tensor:
+        """Draws of ``x`` given ``x_o``, one per latent, ``(S, n, d)``; or, with ``draw``
+        False, the mean over the latents of ``E[x | x_o, z]``, ``(1, n, d)``."""
         likelihood, out = evidence.likelihood, []
         per_chunk = max(1, NOISE_ELEMENTS_PER_CHUNK // (z.shape[0] * evidence.x.shape[1]))
         value_noise = standard_normal(
@@ -412,7 +415,7 @@ learning_rate_init, early_stopping : see :class:`PosteriorMatchingImputer`
                 if draw:
                     out.append(likelihood.conditional_sample(x, output, mask, value_noise))
                 else:
-                    out.append(likelihood.conditional_mean(x, output, mask))
+                    out.append(likelihood.conditional_mean(x, output, mask).mean(0, keepdim=True))
         return torch.cat(out, dim=1)
 
     def _to_data_units(self, values: torch.Tensor) -> np.ndarray:
@@ -435,7 +438,7 @@ learning_rate_init, early_stopping : see :class:`PosteriorMatchingImputer`
         X_in = X
         X, observed, evidence = self._evidence(X)
         means = self._decode(evidence, self._latents(evidence, self.n_samples, None), False, None)
-        result = np.where(observed, X, self._to_data_units(means.mean(0)).astype(X.dtype))
+        result = np.where(observed, X, self._to_data_units(means[0]).astype(X.dtype))
         return self.base_._wrap_like(result, X_in)
 
     def sample(self, X, n_samples: int = 10, random_state: int | None = None) -> np.ndarray:
