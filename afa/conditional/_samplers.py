@@ -14,7 +14,6 @@ from afa.conditional._evidence import (
     on_points,
     standard_normal_log_prob,
 )
-from afa.conditional._families import AffineFamily, fit_conditional_prior, whitened_noise
 from afa.conditional._optimise import minimize_lbfgs
 
 __all__ = ["hmc_sample", "pseudo_gibbs_sample", "rejection_sample"]
@@ -81,7 +80,7 @@ def hmc_sample(
 
 
 class _DefensiveProposal:
-    """``q(z) = ½ N(μ, s² T Tᵀ) + ½ N(0, I)`` per query: a widened Gaussian fit plus the prior.
+    """``q(z) = ½ N(μ, s² T Tᵀ) + ½ N(0, I)`` per query: a widened Gaussian plus the prior.
 
     The prior half keeps ``p(z | x_o) / q(z) ≤ 2 p(x_o | z)`` bounded everywhere, so a
     rejection bound exists; the Gaussian half puts most proposals where the posterior is.
@@ -107,24 +106,33 @@ class _DefensiveProposal:
         return torch.where(use_prior.to(self.loc.device), noise, fitted)
 
 
-def _log_ratio_bound(
-    evidence: Evidence, proposal: _DefensiveProposal, resolution: int = 201
-) -> torch.Tensor:
-    """``max_z log p(z, x_o) - log q(z)`` per query: a grid search refined by L-BFGS."""
-    grid = grid_points(evidence.latent_dim, 6.0, resolution, evidence.x.device)
+def _grid_proposal(
+    evidence: Evidence, resolution: int = 201, limit: float = 6.0
+) -> tuple[_DefensiveProposal, torch.Tensor]:
+    """The proposal, moment-matched to the grid posterior, and its bound on the log ratio.
 
-    def log_ratio(z: torch.Tensor, evidence: Evidence, proposal: _DefensiveProposal):
-        return evidence.log_joint(z) - proposal.log_prob(z)
-
+    The Gaussian half takes the mean and covariance of ``p(z | x_o)`` on a grid, so it spans
+    every mode; the bound ``max_z log p(z, x_o) - log q(z)`` is the grid's maximum refined
+    by L-BFGS.
+    """
+    grid = grid_points(evidence.latent_dim, limit, resolution, evidence.x.device)
     with torch.no_grad():
-        values = on_points(lambda z: log_ratio(z, evidence, proposal), grid, evidence)
+        log_joint = on_points(evidence.log_joint, grid, evidence)
+    weights = torch.softmax(log_joint, dim=0)  # (G, Q)
+    loc = weights.T @ grid
+    centred = grid.unsqueeze(1) - loc  # (G, Q, L)
+    covariance = torch.einsum("gq,gqi,gqj->qij", weights, centred, centred)
+    spacing = 2 * limit / (resolution - 1)
+    identity = torch.eye(evidence.latent_dim, device=grid.device)
+    proposal = _DefensiveProposal(loc, torch.linalg.cholesky(covariance + spacing**2 * identity))
+    values = log_joint - proposal.log_prob(grid.unsqueeze(1))
 
     def negative(params: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
         part = _DefensiveProposal(proposal.loc[index], proposal.tril[index], widening=1.0)
-        return -log_ratio(params, evidence.subset(index), part)
+        return part.log_prob(params) - evidence.subset(index).log_joint(params)
 
     refined = minimize_lbfgs(negative, grid[values.argmax(0)], max_iter=100, tol=1e-7)
-    return torch.maximum(values.amax(0), -refined.loss)
+    return proposal, torch.maximum(values.amax(0), -refined.loss)
 
 
 def rejection_sample(
@@ -135,10 +143,10 @@ def rejection_sample(
 ) -> torch.Tensor:
     """Exact rejection sampling from ``p(z | x_o)`` (latents of at most 2 dimensions).
 
-    The proposal mixes a widened Gaussian fitted to the posterior (``"gvi"``) with the
-    prior, which bounds the density ratio; the bound ``M`` is found by a grid search over
-    ``[-6, 6]^L`` refined by L-BFGS. A draw is accepted with probability
-    ``p(z, x_o) / (M q(z))``.
+    The proposal mixes a widened Gaussian, moment-matched to the posterior on a grid over
+    ``[-6, 6]^L`` (so it spans every mode), with the prior, which keeps the density ratio
+    bounded; the bound ``M`` is the grid's maximum refined by L-BFGS. A draw is accepted
+    with probability ``p(z, x_o) / (M q(z))``.
 
     Returns
     -------
@@ -157,11 +165,7 @@ def rejection_sample(
             f"inference='rejection' needs a latent of at most {_MAX_REJECTION_LATENT} "
             f"dimensions (its acceptance rate collapses above); this VAE has {L}."
         )
-    affine = AffineFamily(L)
-    fit = fit_conditional_prior(affine, evidence, whitened_noise(256, L, generator), generator)
-    loc, tril, _ = affine._split(fit.params)
-    proposal = _DefensiveProposal(loc, tril)
-    bound = _log_ratio_bound(evidence, proposal)
+    proposal, bound = _grid_proposal(evidence)
     draws = torch.full((n_samples, len(evidence), L), math.nan, device=evidence.x.device)
     counts = torch.zeros(len(evidence), dtype=torch.long, device=evidence.x.device)
     proposed = 0
