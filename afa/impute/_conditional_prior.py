@@ -30,6 +30,7 @@ from afa.impute._posterior_matching import (
     NOISE_ELEMENTS_PER_CHUNK,
     ImputerTagsMixin,
     PosteriorMatchingImputer,
+    check_n_samples,
     check_score_inputs,
 )
 
@@ -369,8 +370,7 @@ learning_rate_init, early_stopping : see :class:`PosteriorMatchingImputer`
         self, posteriors: QueryPosteriors, n_samples: int, seed: int | None
     ) -> torch.Tensor:
         """``(n_samples, n, L)`` draws of ``z`` given each row's evidence."""
-        if not isinstance(n_samples, numbers.Integral) or n_samples < 1:
-            raise ValueError(f"n_samples must be a positive integer; got {n_samples!r}.")
+        check_n_samples(n_samples)
         evidence, generator = posteriors.evidence, self._generator(2, seed)
         if posteriors.family is not None:
             noise = torch.randn(n_samples, evidence.latent_dim, generator=generator)
@@ -455,8 +455,7 @@ learning_rate_init, early_stopping : see :class:`PosteriorMatchingImputer`
         -------
         ndarray of shape (n_samples, n, d), in the input's dtype; observed entries kept
         """
-        if not isinstance(n_samples, numbers.Integral) or n_samples < 1:
-            raise ValueError(f"n_samples must be a positive integer; got {n_samples!r}.")
+        check_n_samples(n_samples)
         X, observed, evidence = self._evidence(X)
         z = self._latents(evidence, n_samples, random_state)
         draws = self._to_data_units(self._decode(evidence, z, True, random_state))
@@ -481,9 +480,9 @@ learning_rate_init, early_stopping : see :class:`PosteriorMatchingImputer`
         ndarray of shape (n,)
         """
         X, observed, evidence = self._evidence(X)
-        draws = max(self.n_samples, self.n_noise) if n_samples is None else n_samples
-        if not isinstance(draws, numbers.Integral) or draws < 1:
-            raise ValueError(f"n_samples must be a positive integer; got {n_samples!r}.")
+        draws = check_n_samples(
+            max(self.n_samples, self.n_noise) if n_samples is None else n_samples
+        )
         if self.inference not in _VARIATIONAL:
             return np.full(X.shape[0], np.nan)
         posteriors = self._condition(evidence)

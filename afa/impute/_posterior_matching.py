@@ -109,6 +109,13 @@ def _check_rows_observed(observed: np.ndarray) -> None:
         )
 
 
+def check_n_samples(n_samples: object) -> int:
+    """``n_samples`` itself when it is a positive integer, else a ValueError naming it."""
+    if not isinstance(n_samples, numbers.Integral) or n_samples < 1:
+        raise ValueError(f"n_samples must be a positive integer; got {n_samples!r}.")
+    return int(n_samples)
+
+
 def check_score_inputs(
     validate: Callable[..., tuple[np.ndarray, np.ndarray]],
     X,
@@ -130,10 +137,7 @@ def check_score_inputs(
             f"missing values{hint}."
         )
     mask = as_observed_mask(observed_mask, X.shape)
-    n_samples = default_samples if n_samples is None else n_samples
-    if not isinstance(n_samples, numbers.Integral) or n_samples < 1:
-        raise ValueError(f"n_samples must be a positive integer; got {n_samples!r}.")
-    return X, present, mask, n_samples
+    return X, present, mask, check_n_samples(default_samples if n_samples is None else n_samples)
 
 
 class ImputerTagsMixin:
@@ -329,8 +333,7 @@ default="auto"
 
         for name in ("latent_dim", "max_iter", "batch_size", "n_iter_no_change"):
             positive_int_or_auto(name)
-        if not isinstance(self.n_samples, numbers.Integral) or self.n_samples < 1:
-            raise ValueError(f"n_samples must be a positive integer; got {self.n_samples!r}.")
+        check_n_samples(self.n_samples)
         choice("posterior", POSTERIOR_FAMILIES)
         choice("likelihood", {"gaussian", "bernoulli"})
         choice("decoder_scale", {"auto", "heteroscedastic", "correlated", "feature", "shared"})
@@ -629,8 +632,7 @@ default="auto"
         ndarray of shape (n_samples, n, d), in the input's dtype
         """
         check_is_fitted(self)
-        if not isinstance(n_samples, numbers.Integral) or n_samples < 1:
-            raise ValueError(f"n_samples must be a positive integer; got {n_samples!r}.")
+        check_n_samples(n_samples)
         X, observed = self._validate(X, reset=False)
         model = self._model()
         x, mask = self._tensors(X, observed)
