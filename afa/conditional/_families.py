@@ -229,10 +229,8 @@ def fit_conditional_prior(
     """
     noise = noise.to(evidence.x.device)
     start = family.initial(len(evidence), generator).to(evidence.x.device)
-    per_chunk = max(1, _FIT_ELEMENTS_PER_CHUNK // (noise.shape[0] * evidence.x.shape[1]))
     affine = AffineFamily(family.latent_dim)
     stages = [affine] if type(family) is AffineFamily else [affine, family]
-    minimise = minimize_lbfgs if optimizer == "lbfgs" else minimize_adam
     if optimizer == "lbfgs":
         minimise = minimize_lbfgs
     else:

@@ -10,6 +10,8 @@ import torch
 
 __all__ = ["Objective", "OptimisationResult", "minimize_adam", "minimize_lbfgs"]
 
+_MAX_LINE_SEARCH_EVALUATIONS = 20
+
 
 Objective = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 """``(params (A, P), query index (A,)) -> loss (A,)``: independent losses per query."""
@@ -49,72 +51,110 @@ def _value_and_grad(
 
 
 def _two_loop(
-    grad: torch.Tensor, steps: torch.Tensor, changes: torch.Tensor, rho: torch.Tensor, newest: int
+    grad: torch.Tensor,
+    steps: torch.Tensor,
+    changes: torch.Tensor,
+    rho: torch.Tensor,
+    newest: torch.Tensor,
 ) -> torch.Tensor:
-    """``-H g`` by the L-BFGS two-loop recursion, per query; ``rho = 0`` marks unused pairs."""
+    """``-H g`` by the L-BFGS two-loop recursion, per query.
+
+    ``steps`` and ``changes`` are ``(m, A, P)`` ring buffers whose newest slot is
+    ``newest[a]`` for query ``a``; ``rho = 0`` marks unused pairs.
+    """
     m = steps.shape[0]
-    order = [(newest - i) % m for i in range(m)]
+    queries = torch.arange(grad.shape[0], device=grad.device)
+    order = [(newest - i) % m for i in range(m)]  # newest first, per query
+    pairs = [(steps[slot, queries], changes[slot, queries], rho[slot, queries]) for slot in order]
     q = grad.clone()
-    alphas = {}
-    for i in order:
-        alphas[i] = rho[i] * (steps[i] * q).sum(-1)
-        q = q - alphas[i].unsqueeze(-1) * changes[i]
-    yy = (changes * changes).sum(-1)
-    sy = (steps * changes).sum(-1)
-    usable = rho > 0
+    alphas = []
+    for s, y, r in pairs:
+        alphas.append(r * (s * q).sum(-1))
+        q = q - alphas[-1].unsqueeze(-1) * y
     # scale H0 by s'y / y'y of each query's most recent usable pair (1 / |g| when none)
     gamma = 1.0 / grad.norm(dim=-1).clamp_min(1.0)
-    for i in reversed(order):
-        gamma = torch.where(usable[i], sy[i] / yy[i].clamp_min(1e-30), gamma)
-    r = gamma.unsqueeze(-1) * q
-    for i in reversed(order):
-        beta = rho[i] * (changes[i] * r).sum(-1)
-        r = r + (alphas[i] - beta).unsqueeze(-1) * steps[i]
-    return -r
+    for s, y, r in reversed(pairs):
+        gamma = torch.where(r > 0, (s * y).sum(-1) / (y * y).sum(-1).clamp_min(1e-30), gamma)
+    result = gamma.unsqueeze(-1) * q
+    for (s, y, r), alpha in zip(reversed(pairs), reversed(alphas), strict=True):
+        beta = r * (y * result).sum(-1)
+        result = result + (alpha - beta).unsqueeze(-1) * s
+    return -result
 
 
-def _wolfe_line_search(
-    objective: Objective,
-    params: torch.Tensor,
-    index: torch.Tensor,
-    direction: torch.Tensor,
-    value: torch.Tensor,
-    grad: torch.Tensor,
-    max_evaluations: int = 20,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """A per-query strong-Wolfe search (bracketing, then bisection) along ``direction``.
+@dataclass
+class _LineSearch:
+    """Per-query strong-Wolfe searches (bracketing, then bisection), one trial per round.
 
-    Returns the accepted step length, value and gradient per query; a query that found no
-    decrease gets a step of 0 and keeps its value and gradient.
+    Every query is at its own stage of its own search, so a batch evaluates each query's next
+    trial point together instead of waiting for the slowest search of every iteration.
     """
-    c1, c2 = 1e-4, 0.9
-    slope0 = (grad * direction).sum(-1)
-    step = torch.ones_like(value)
-    low, low_value, low_grad = torch.zeros_like(value), value.clone(), grad.clone()
-    high = torch.full_like(value, math.inf)
-    searching = torch.ones_like(value, dtype=torch.bool)
-    for _ in range(max_evaluations):
-        rows = torch.nonzero(searching).squeeze(-1)
-        if rows.numel() == 0:
-            break
-        trial = params[rows] + step[rows, None] * direction[rows]
-        f, g = _value_and_grad(objective, trial, index[rows])
-        slope = (g * direction[rows]).sum(-1)
-        sufficient = (f <= value[rows] + c1 * step[rows] * slope0[rows]) & (f < low_value[rows])
-        curvature = slope.abs() <= -c2 * slope0[rows]
+
+    direction: torch.Tensor
+    slope0: torch.Tensor
+    step: torch.Tensor
+    low: torch.Tensor
+    low_value: torch.Tensor
+    low_grad: torch.Tensor
+    high: torch.Tensor
+    evaluations: torch.Tensor
+
+    c1 = 1e-4
+    c2 = 0.9
+
+    @classmethod
+    def empty(cls, params: torch.Tensor) -> _LineSearch:
+        n = params.shape[0]
+        zeros = params.new_zeros(n)
+        return cls(
+            torch.zeros_like(params),
+            zeros,
+            zeros.clone(),
+            zeros.clone(),
+            zeros.clone(),
+            torch.zeros_like(params),
+            zeros.clone(),
+            torch.zeros(n, dtype=torch.long, device=params.device),
+        )
+
+    def start(
+        self, rows: torch.Tensor, direction: torch.Tensor, value: torch.Tensor, grad: torch.Tensor
+    ) -> None:
+        """Begin a search from ``(value, grad)`` along ``direction`` for the queries ``rows``."""
+        self.direction[rows] = direction
+        self.slope0[rows] = (grad * direction).sum(-1)
+        self.step[rows] = 1.0
+        self.low[rows] = 0.0
+        self.low_value[rows] = value
+        self.low_grad[rows] = grad
+        self.high[rows] = math.inf
+        self.evaluations[rows] = 0
+
+    def trial(self, params: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        return params[rows] + self.step[rows, None] * self.direction[rows]
+
+    def record(
+        self, rows: torch.Tensor, value0: torch.Tensor, f: torch.Tensor, g: torch.Tensor
+    ) -> torch.Tensor:
+        """Take the trial's value and gradient; True where the query's search has ended."""
+        step, low, high = self.step[rows], self.low[rows], self.high[rows]
+        slope0 = self.slope0[rows]
+        slope = (g * self.direction[rows]).sum(-1)
+        sufficient = (f <= value0 + self.c1 * step * slope0) & (f < self.low_value[rows])
+        curvature = slope.abs() <= -self.c2 * slope0
         accept = sufficient & curvature
         move_low = sufficient & ~curvature
         # past a minimum (rising slope): the old low point closes the bracket from the other side
-        flip = move_low & (slope * (high[rows] - low[rows]).nan_to_num(posinf=1.0) >= 0)
-        high[rows] = torch.where(~sufficient, step[rows], torch.where(flip, low[rows], high[rows]))
+        flip = move_low & (slope * (high - low).nan_to_num(posinf=1.0) >= 0)
+        high = torch.where(~sufficient, step, torch.where(flip, low, high))
         take = accept | move_low
-        low[rows] = torch.where(take, step[rows], low[rows])
-        low_value[rows] = torch.where(take, f, low_value[rows])
-        low_grad[rows] = torch.where(take.unsqueeze(-1), g, low_grad[rows])
-        searching[rows] = ~accept
-        bracketed = torch.isfinite(high[rows])
-        step[rows] = torch.where(bracketed, 0.5 * (low[rows] + high[rows]), 2.0 * step[rows])
-    return low, low_value, low_grad, low > 0
+        low = torch.where(take, step, low)
+        self.low_value[rows] = torch.where(take, f, self.low_value[rows])
+        self.low_grad[rows] = torch.where(take.unsqueeze(-1), g, self.low_grad[rows])
+        self.low[rows], self.high[rows] = low, high
+        self.step[rows] = torch.where(torch.isfinite(high), 0.5 * (low + high), 2.0 * step)
+        self.evaluations[rows] += 1
+        return accept | (self.evaluations[rows] >= _MAX_LINE_SEARCH_EVALUATIONS)
 
 
 class _HeldOutStopping:
@@ -165,8 +205,11 @@ def minimize_lbfgs(
 ) -> OptimisationResult:
     """Minimise independent per-query losses by L-BFGS with a strong-Wolfe line search.
 
-    Every query keeps its own curvature pairs, step length and stopping test, and converged
-    queries leave the batch, so each query's path is the one it would follow alone.
+    Every query keeps its own curvature pairs, line search and stopping test, so each
+    query's path is the one it would follow alone. The queries do not move in lockstep:
+    each round evaluates every active query's next trial point, wherever its own line
+    search stands, so a batch costs as many rounds as its longest query needs evaluations,
+    not the sum over iterations of the slowest line search; converged queries leave.
 
     Parameters
     ----------
@@ -199,26 +242,27 @@ def minimize_lbfgs(
     changes = torch.zeros_like(steps)
     rho = params.new_zeros(history_size, n_queries)
     n_iter = torch.zeros(n_queries, dtype=torch.long, device=params.device)
-    active = torch.isfinite(value) & (grad.abs().amax(-1) > tol)
-    converged = ~active & torch.isfinite(value)
+    active = torch.isfinite(value) & (grad.abs().amax(-1) > tol) & (max_iter > 0)
+    converged = ~active & torch.isfinite(value) & (grad.abs().amax(-1) <= tol)
     held_out = None if validation is None else _HeldOutStopping(validation, params, patience)
-    for iteration in range(max_iter):
+    search = _LineSearch.empty(params)
+    _next_direction(
+        search, torch.nonzero(active).squeeze(-1), value, grad, steps, changes, rho, n_iter
+    )
+    while bool(active.any()):
         rows = torch.nonzero(active).squeeze(-1)
+        f, g = _value_and_grad(objective, search.trial(params, rows), rows)
+        ended = search.record(rows, value[rows], f, g)
+        rows = rows[ended]
         if rows.numel() == 0:
-            break
-        newest = (iteration - 1) % history_size
-        direction = _two_loop(grad[rows], steps[:, rows], changes[:, rows], rho[:, rows], newest)
-        descent = (direction * grad[rows]).sum(-1) < 0
-        fallback = -grad[rows] / grad[rows].norm(dim=-1, keepdim=True).clamp_min(1.0)
-        direction = torch.where(descent.unsqueeze(-1), direction, fallback)
-        rho[:, rows] = torch.where(descent, rho[:, rows], torch.zeros_like(rho[:, rows]))
-        step, new_value, new_grad, moved = _wolfe_line_search(
-            objective, params[rows], rows, direction, value[rows], grad[rows]
-        )
-        slot = iteration % history_size
-        s = step.unsqueeze(-1) * direction
+            continue
+        # an L-BFGS iteration ends for these queries: move, store the pair, test convergence
+        moved = search.low[rows] > 0
+        s = search.low[rows, None] * search.direction[rows]
+        new_value, new_grad = search.low_value[rows], search.low_grad[rows]
         y = new_grad - grad[rows]
         sy = (s * y).sum(-1)
+        slot = n_iter[rows] % history_size
         steps[slot, rows], changes[slot, rows] = s, y
         rho[slot, rows] = torch.where(sy > 1e-10, 1.0 / sy.clamp_min(1e-10), torch.zeros_like(sy))
         small_change = (value[rows] - new_value) <= tol * new_value.abs().clamp_min(1.0)
@@ -227,17 +271,44 @@ def minimize_lbfgs(
         n_iter[rows] += 1
         # a flow starts as the identity, where the first steps can be tiny: with held-out
         # checks, slow progress counts as convergence only after the first check
-        stalled = small_change & (held_out is None or iteration + 1 >= check_every)
+        stalled = small_change & ((held_out is None) | (n_iter[rows] >= check_every))
         done = ~moved | stalled | (new_grad.abs().amax(-1) <= tol)
-        if held_out is not None and (iteration + 1) % check_every == 0:
-            done |= held_out.update(params[rows], rows)
+        if held_out is not None:
+            due = n_iter[rows] % check_every == 0
+            if bool(due.any()):
+                done[due] |= held_out.update(params[rows[due]], rows[due])
         converged[rows] = done
-        active[rows] = ~done
+        active[rows] = ~done & (n_iter[rows] < max_iter)
+        _next_direction(search, rows[active[rows]], value, grad, steps, changes, rho, n_iter)
     if held_out is None:
         return OptimisationResult(params, value, n_iter, converged)
     held_out.update(params, everyone)
     value = _value_and_grad(objective, held_out.best_params, everyone)[0]
     return OptimisationResult(held_out.best_params, value, n_iter, converged)
+
+
+def _next_direction(
+    search: _LineSearch,
+    rows: torch.Tensor,
+    value: torch.Tensor,
+    grad: torch.Tensor,
+    steps: torch.Tensor,
+    changes: torch.Tensor,
+    rho: torch.Tensor,
+    n_iter: torch.Tensor,
+) -> None:
+    """Start the next line search of the queries ``rows`` along their L-BFGS direction."""
+    if rows.numel() == 0:
+        return
+    history = steps.shape[0]
+    newest = (n_iter[rows] - 1) % history
+    direction = _two_loop(grad[rows], steps[:, rows], changes[:, rows], rho[:, rows], newest)
+    descent = (direction * grad[rows]).sum(-1) < 0
+    fallback = -grad[rows] / grad[rows].norm(dim=-1, keepdim=True).clamp_min(1.0)
+    direction = torch.where(descent.unsqueeze(-1), direction, fallback)
+    # a non-descent direction means the stored pairs mislead: forget them
+    rho[:, rows] = torch.where(descent, rho[:, rows], torch.zeros_like(rho[:, rows]))
+    search.start(rows, direction, value[rows], grad[rows])
 
 
 def minimize_adam(
