@@ -16,6 +16,7 @@ from sklearn.exceptions import NotFittedError
 from sklearn.frozen import FrozenEstimator
 
 from afa import AcquisitionPath, LookaheadAcquirer, PosteriorMatchingImputer
+from afa.models.lookahead import variance_shares
 
 D = 5
 SETTINGS = settings(
@@ -70,7 +71,7 @@ def imputer(key_data) -> PosteriorMatchingImputer:
 @pytest.fixture(scope="module")
 def acquirer(imputer, key_data) -> LookaheadAcquirer:
     return LookaheadAcquirer(
-        imputer=imputer, max_iter=30, lookahead_samples=16, random_state=0
+        imputer=imputer, criterion="entropy", max_iter=30, lookahead_samples=16, random_state=0
     ).fit(key_data)
 
 
@@ -234,7 +235,12 @@ def test_groups_are_acquired_together(imputer, key_data):
 
 def test_target_is_never_acquired_and_directs_acquisition(imputer, key_data):
     acq = LookaheadAcquirer(
-        imputer=imputer, target=4, max_iter=80, lookahead_samples=16, random_state=0
+        imputer=imputer,
+        criterion="entropy",
+        target=4,
+        max_iter=80,
+        lookahead_samples=16,
+        random_state=0,
     ).fit(key_data)
     assert (4,) not in acq.actions_
     empty = np.full((1, D), np.nan)
@@ -247,6 +253,112 @@ def test_target_is_never_acquired_and_directs_acquisition(imputer, key_data):
     assert path.target_errors.shape == (path.n_steps + 1, 5)
     with pytest.raises(ValueError, match="target column is observed"):
         acq.acquire_next(key_data[:2])
+
+
+# ---------------------------------------------------------------------- variance criterion
+def _random_covariance(n: int, d: int, seed: int) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(seed)
+    factor = torch.randn(n, d, d + 2, generator=generator, dtype=torch.float64)
+    return factor @ factor.transpose(1, 2) / d
+
+
+def test_variance_shares_match_the_gaussian_conditional():
+    """G_a / tr C_TT equals the drop in the total conditional variance of the targets."""
+    covariance = _random_covariance(3, 6, seed=0)
+    actions = torch.tensor(
+        [[1, 0, 0, 0, 0, 0], [0, 1, 0, 1, 0, 0], [0, 0, 0, 0, 1, 1]], dtype=torch.bool
+    )
+    columns = torch.ones(3, 6, dtype=torch.bool)
+    shares = variance_shares(covariance, actions, columns)
+    for row in range(3):
+        full = covariance[row]
+        for a, group in enumerate(actions):
+            g = group.nonzero().squeeze(1)
+            after = full - full[:, g] @ torch.linalg.solve(full[g][:, g], full[g, :])
+            expected = 1 - after.trace() / full.trace()
+            assert shares[row, a].item() == pytest.approx(expected.item(), abs=1e-6)
+
+
+def test_variance_shares_ignore_observed_columns_and_follow_the_target():
+    covariance = _random_covariance(1, 4, seed=1)
+    observed = torch.tensor([[False, True, False, False]])
+    kept = (~observed).double()
+    covariance = covariance * kept.unsqueeze(-1) * kept.unsqueeze(-2)
+    actions = torch.eye(4, dtype=torch.bool)
+    shares = variance_shares(covariance, actions, ~observed)
+    assert shares[0, 1].item() == 0.0  # an observed column explains nothing
+    target = torch.tensor([[False, False, False, True]])
+    to_target = variance_shares(covariance, actions, target)[0]
+    c = covariance[0]
+    assert to_target[3].item() == pytest.approx(1.0, abs=1e-5)
+    expected = (c[0, 3] ** 2 / (c[0, 0] * c[3, 3])).item()
+    assert to_target[0].item() == pytest.approx(expected, rel=1e-5)
+
+
+@pytest.fixture(scope="module")
+def variance_acquirer(imputer, key_data) -> LookaheadAcquirer:
+    return LookaheadAcquirer(
+        imputer=imputer, criterion="variance", max_iter=60, random_state=0
+    ).fit(key_data)
+
+
+def exact_variance_shares(observed: np.ndarray) -> np.ndarray:
+    """Each column's share of the error removed, under the true (Gaussian) law of the key
+    data; NaN where observed."""
+    covariance = np.full((D, D), 9.0)
+    covariance[1:, 1:] += np.eye(D - 1) * 9.0 * 0.49
+    shares = np.full(observed.shape, np.nan)
+    for row, seen in enumerate(observed):
+        o, u = np.flatnonzero(seen), np.flatnonzero(~seen)
+        given = covariance[np.ix_(u, u)]
+        if o.size:
+            given = given - covariance[np.ix_(u, o)] @ np.linalg.solve(
+                covariance[np.ix_(o, o)], covariance[np.ix_(o, u)]
+            )
+        shares[row, u] = (given**2).sum(0) / np.diag(given) / np.trace(given)
+    return shares
+
+
+@pytest.mark.parametrize("strategy", ["sampling", "lookahead"])
+def test_variance_criterion_makes_nearly_exact_choices(variance_acquirer, key_data, strategy):
+    """The chosen column removes nearly as much error, under the true law, as the best."""
+    empty = np.full((1, D), np.nan)
+    assert variance_acquirer.acquire_next(empty, strategy=strategy)[0] == 0
+    rows = partial_rows(key_data[:100])
+    choices = variance_acquirer.acquire_next(rows, strategy=strategy)
+    exact = exact_variance_shares(~np.isnan(rows))
+    chosen = exact[np.arange(len(rows)), choices]
+    assert np.mean(chosen >= 0.9 * np.nanmax(exact, axis=1)) >= 0.9
+    random_choice = np.nanmean(exact, axis=1)
+    assert chosen.mean() > random_choice.mean() + 0.02
+
+
+@pytest.mark.parametrize("strategy", ["lookahead", "sampling"])
+def test_variance_gains_do_not_depend_on_the_batch(variance_acquirer, key_data, strategy):
+    rows = partial_rows(key_data[:40], seed=3)
+    together = variance_acquirer.information_gain(rows, strategy=strategy)
+    alone = np.vstack(
+        [variance_acquirer.information_gain(rows[i : i + 1], strategy) for i in range(0, 40, 7)]
+    )
+    np.testing.assert_allclose(together[::7], alone, rtol=1e-4, atol=1e-6)
+
+
+def test_variance_target_gains_point_at_the_key_feature(imputer, key_data):
+    acq = LookaheadAcquirer(
+        imputer=imputer, strategy="sampling", criterion="variance", target=4
+    ).fit(key_data)
+    gains = acq.information_gain(np.full((1, D), np.nan))
+    assert gains.shape == (1, D - 1)
+    assert np.argmax(gains[0]) == 0
+
+
+def test_lookahead_refuses_another_criterion_than_it_was_trained_for(variance_acquirer):
+    acq = clone(variance_acquirer)
+    acq.__dict__.update(variance_acquirer.__dict__)
+    acq.set_params(criterion="entropy")
+    with pytest.raises(NotFittedError, match="trained for criterion='variance'"):
+        acq.acquire_next(np.full((1, D), np.nan))
+    assert acq.acquire_next(np.full((1, D), np.nan), strategy="sampling")[0] == 0
 
 
 # ---------------------------------------------------------------------- imputer handling
@@ -296,6 +408,7 @@ def test_lookahead_needs_the_network(imputer, key_data):
     [
         ({"strategy": "greedy"}, "strategy must be one of"),
         ({"head": "gaussian"}, "head must be one of"),
+        ({"criterion": "mse"}, "criterion must be one of"),
         ({"groups": [[0, 1], [1, 2]]}, "disjoint"),
         ({"groups": [0, 1]}, "sequence of sequences"),
         ({"target": 7}, "out of range"),

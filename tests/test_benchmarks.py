@@ -96,26 +96,33 @@ def test_acquisition_table_reports_curves_and_speed_ratios(tmp_path):
     from benchmarks import acquisition
 
     settings = acquisition.Settings(train_rows=100, test_rows=4, n_steps=10)
+
+    def curve(end: float, seconds: float) -> dict:
+        return {"rmse": list(np.linspace(0.3, end, 11)), "decision_s_per_step": seconds}
+
     results = {
-        "lookahead (entropy)": {
-            "rmse": list(np.linspace(0.3, 0.2, 11)),
-            "decision_s_per_step": 0.01,
-        },
-        "sampling": {"rmse": list(np.linspace(0.3, 0.19, 11)), "decision_s_per_step": 2.0},
-        "random": {"rmse": list(np.linspace(0.3, 0.25, 11)), "decision_s_per_step": 0.001},
+        "lookahead (entropy)": curve(0.2, 0.01),
+        "sampling (entropy)": curve(0.19, 2.0),
+        "lookahead (variance)": curve(0.15, 0.01),
+        "sampling (variance)": curve(0.15, 0.05),
+        "random": curve(0.25, 0.001),
     }
     record = {
         "timings": {
             "imputer_fit_s": 1,
             "imputer_epochs": 2,
-            "lookahead_fit_s": 3,
-            "lookahead_epochs": 4,
+            "lookahead_entropy_fit_s": 3,
+            "lookahead_entropy_epochs": 4,
+            "lookahead_variance_fit_s": 5,
+            "lookahead_variance_epochs": 6,
         },
         "hardware": {"device": "cpu", "torch_threads": 2},
     }
     table = acquisition.markdown_table(results, settings, record)
-    assert "| lookahead (entropy) | 0.3000 | 0.2500 | 0.2000 | 0.01 | 200x |" in table
-    assert "| random |" in table and "| 0.001 | - |" in table
+    assert "| lookahead (entropy) | 0.3000 | 0.2500 | 0.2000 | 0.800 | 0.01 | 200x |" in table
+    assert "| lookahead (variance) | 0.3000 | 0.2250 | 0.1500 | 0.600 | 0.01 | 5x |" in table
+    assert "| random |" in table and "| 1.000 | 0.001 | - |" in table
+    assert "variance 5 s (6 epochs)" in table
     acquisition.plot(results, settings, tmp_path / "curve.png")
     assert (tmp_path / "curve.png").stat().st_size > 0
 

@@ -64,6 +64,17 @@ class _FactorisedLikelihood(nn.Module):
         """A draw from ``p(x | z)`` with the masked entries replaced by ``x``."""
         return torch.where(mask, x, self.sample(decoder_output, noise))
 
+    def mean_conditional_covariance(
+        self, x: torch.Tensor, decoder_output: torch.Tensor, mask: torch.Tensor
+    ) -> torch.Tensor:
+        """``mean_k Cov[x | x_o, z_k]`` over the leading draws ``k``: shape ``(n, d, d)``.
+
+        Diagonal (the features are independent given ``z``), zero for observed entries.
+        ``decoder_output`` has shape ``(K, n, ·)``.
+        """
+        variance = self.variance(decoder_output).mean(0)
+        return torch.diag_embed(torch.where(mask, torch.zeros_like(variance), variance))
+
 
 class GaussianLikelihood(_FactorisedLikelihood):
     """``N(x_j; μ_j(z), σ_j)`` with a learned scale per feature, shared, or depending on z.
@@ -109,6 +120,14 @@ class GaussianLikelihood(_FactorisedLikelihood):
         """The decoder mean ``E[x | z]``."""
         return self.parameters_from(decoder_output)[0]
 
+    def variance(self, decoder_output: torch.Tensor) -> torch.Tensor:
+        """The decoder variance ``Var[x_j | z]``, the squared scale."""
+        return (
+            self.parameters_from(decoder_output)[1]
+            .square()
+            .expand(decoder_output.shape[:-1] + (self.n_features,))
+        )
+
     def sample(self, decoder_output: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
         """A draw from ``p(x | z)`` given standard-normal ``noise`` broadcastable to the mean."""
         mean, scale = self.parameters_from(decoder_output)
@@ -131,6 +150,11 @@ class BernoulliLikelihood(_FactorisedLikelihood):
     def mean(self, decoder_output: torch.Tensor) -> torch.Tensor:
         """The decoder mean ``sigmoid(logits)``."""
         return torch.sigmoid(decoder_output)
+
+    def variance(self, decoder_output: torch.Tensor) -> torch.Tensor:
+        """The Bernoulli variance ``p (1 - p)``."""
+        mean = self.mean(decoder_output)
+        return mean * (1 - mean)
 
     def sample(self, decoder_output: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
         """A 0/1 draw, using ``Φ(noise)`` as the uniform."""
@@ -253,6 +277,21 @@ class CorrelatedGaussianLikelihood(nn.Module):
     ) -> torch.Tensor:
         """``E[x | x_o, z] = μ + D C_·o C_oo^-1 D_o^-1 (x_o - μ_o)``; observed entries kept."""
         return self._regression(x, decoder_output, mask)[0]
+
+    def mean_conditional_covariance(
+        self, x: torch.Tensor, decoder_output: torch.Tensor, mask: torch.Tensor
+    ) -> torch.Tensor:
+        """``mean_k Cov[x | x_o, z_k] = E_k[s sᵀ] ⊙ (C_uu - C_uo C_oo^-1 C_ou)``: ``(n, d, d)``.
+
+        Zero in the rows and columns of observed entries; ``decoder_output`` has shape
+        ``(K, n, ·)``.
+        """
+        _, scale = self.parameters_from(decoder_output)
+        correlation = self.correlation().double()
+        precision = embed_block(self._observed_precision(correlation, mask)[0], mask, fill=0.0)
+        residual = embed_block(correlation - correlation @ precision @ correlation, ~mask, 0.0)
+        second_moment = torch.einsum("kni,knj->nij", scale, scale) / scale.shape[0]
+        return second_moment * residual.to(scale.dtype)
 
     def conditional_sample(
         self, x: torch.Tensor, decoder_output: torch.Tensor, mask: torch.Tensor, noise: torch.Tensor

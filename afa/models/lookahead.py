@@ -15,6 +15,16 @@ strategy), and which :class:`LookaheadNetwork` predicts for every ``a`` in one f
 the information ``x_a`` carries about ``z`` beyond what it carries once ``x_φ`` is known.
 Each quantity is an expected entropy in one of two *scenarios* (``φ`` hidden or revealed)
 after one of ``A + 1`` *actions* (nothing, or one of the ``A`` acquisitions).
+
+The ``"variance"`` criterion asks instead how much of the imputation's expected squared
+error acquiring ``x_a`` removes. With ``C`` the predictive covariance of ``x`` given
+``x_o`` (:func:`predictive_covariance`) and ``T`` the columns that matter (every
+unobserved one, or the target), the best linear update after observing ``x_a`` removes
+
+    G_a = Σ_{j ∈ T} C_{j a} C_{a a}^{-1} C_{a j}
+
+of the current error ``tr C_TT`` (exactly so for a Gaussian predictive, and for a 0/1
+feature whatever the predictive); :func:`variance_shares` returns ``G_a / tr C_TT``.
 """
 
 from __future__ import annotations
@@ -30,14 +40,18 @@ from torch.distributions import Distribution, MultivariateNormal
 from afa.nn import ResidualMLP, masked_input
 
 __all__ = [
+    "CRITERIA",
     "ENTROPY_HEADS",
     "AcquisitionProblem",
     "LookaheadNetwork",
     "LookaheadObjective",
     "information_gains",
     "one_step_entropies",
+    "predictive_covariance",
+    "variance_shares",
 ]
 
+CRITERIA = ("entropy", "variance")
 ENTROPY_HEADS = ("entropy", "mixture")
 _MIN_SCALE = 1e-5
 
@@ -79,6 +93,12 @@ class AcquisitionProblem:
     def available(self, state: torch.Tensor) -> torch.Tensor:
         """(n, A): True where the action would reveal at least one unobserved column."""
         return (self.actions.unsqueeze(0) & ~state.unsqueeze(1)).any(-1)
+
+    def error_columns(self, state: torch.Tensor) -> torch.Tensor:
+        """(n, d): the columns whose error the ``"variance"`` criterion counts."""
+        if self.target is None:
+            return ~state
+        return self.target.expand_as(state)
 
 
 def posterior_entropy(
@@ -144,6 +164,68 @@ def one_step_entropies(
     return entropies.reshape(shape), draws.reshape(shape + (draws.shape[-1],))
 
 
+def predictive_covariance(
+    base: nn.Module, x: torch.Tensor, state: torch.Tensor, noise: torch.Tensor
+) -> torch.Tensor:
+    """``Cov[x | x_o]`` under the model, from draws ``z_k ~ q(z | x_o)``: shape ``(n, d, d)``.
+
+    The covariance of the conditional means ``E[x | x_o, z_k]`` across draws plus the mean
+    of ``Cov[x | x_o, z_k]`` (the law of total covariance). Rows and columns of observed
+    entries are zero. ``noise`` has shape ``(K, 1 or n, noise_dim)``.
+    """
+    z = base.partial_posterior(x, state).from_noise(noise)
+    output = base.decoder(z)
+    means = base.likelihood.conditional_mean(x, output, state)
+    centred = means - means.mean(0)
+    between = torch.einsum("kni,knj->nij", centred, centred) / noise.shape[0]
+    return between + base.likelihood.mean_conditional_covariance(x, output, state)
+
+
+def variance_shares(
+    covariance: torch.Tensor, actions: torch.Tensor, columns: torch.Tensor
+) -> torch.Tensor:
+    """Share of the expected squared error over ``columns`` that each action removes.
+
+    Parameters
+    ----------
+    covariance : Tensor of shape (n, d, d)
+        Predictive covariance, zero in observed rows and columns.
+    actions : bool Tensor of shape (A, d)
+    columns : bool Tensor of shape (n, d)
+        The columns whose error counts.
+
+    Returns
+    -------
+    Tensor of shape (n, A)
+        ``Σ_{j ∈ T} C_{jG} C_{GG}^{-1} C_{Gj} / tr C_TT`` for the columns ``G`` of each
+        action, in ``[0, 1]``; 0 where nothing in ``columns`` is uncertain.
+    """
+    d = covariance.shape[-1]
+    variance = covariance.diagonal(dim1=-2, dim2=-1)
+    weights = columns.to(covariance.dtype)
+    total = (variance * weights).sum(-1, keepdim=True)
+    jitter = 1e-6 * variance.mean(-1, keepdim=True) + 1e-12
+    # a column already known has no variance and no covariance: a unit diagonal keeps C_GG
+    # invertible and it adds nothing to the gain
+    diagonal = torch.where(variance > 0, variance + jitter, 1.0)
+    sizes = actions.sum(-1)
+    if int(sizes.max()) == 1:  # single columns: C_aa is a scalar
+        explained = (covariance.square() @ weights.unsqueeze(-1)).squeeze(-1) / diagonal
+        explained = explained[:, actions.to(torch.long).argmax(-1)]
+    else:  # groups padded to a common size with column d, of unit variance
+        order = torch.argsort(~actions, dim=-1, stable=True)[:, : int(sizes.max())]
+        padding = torch.arange(order.shape[1], device=order.device) < sizes[:, None]
+        index = torch.where(padding, order, d)
+        padded = nn.functional.pad(covariance, (0, 1, 0, 1))
+        diagonal = nn.functional.pad(diagonal, (0, 1), value=1.0)
+        across = padded[:, index] * nn.functional.pad(weights, (0, 1))[:, None, None, :]
+        within = padded[:, index.unsqueeze(-1), index.unsqueeze(-2)]  # (n, A, g, g)
+        within = within - torch.diag_embed(within.diagonal(dim1=-2, dim2=-1))
+        within = within + torch.diag_embed(diagonal[:, index])
+        explained = (across * torch.linalg.solve(within, across)).sum((-2, -1))
+    return torch.where(total > 0, explained / total.clamp_min(1e-30), 0.0).clamp(0.0, 1.0)
+
+
 def information_gains(entropies: torch.Tensor) -> torch.Tensor:
     """Gains ``(n, A)`` from expected entropies ``(n, S, A + 1)`` (action 0 is "nothing")."""
     gains = entropies[:, 0, :1] - entropies[:, 0, 1:]
@@ -155,13 +237,16 @@ def information_gains(entropies: torch.Tensor) -> torch.Tensor:
 class LookaheadNetwork(nn.Module):
     """Predicts the posterior after every action, from ``concat(x * b, b)``, in one pass.
 
-    Two heads share a residual trunk; both cover every scenario and the ``A + 1`` actions:
+    Three heads share a residual trunk; both cover every scenario and the ``A + 1`` actions:
 
     - ``"mixture"``: a diagonal Gaussian ``g_a(z | x_o)``, fitted by maximum likelihood to
       draws from the one-step-ahead posteriors (the reference code's lookahead posterior: a
       moment match of the mixture over ``x_a``); its entropy stands in for the expected one;
     - ``"entropy"``: the expected entropy ``E_{x_a} H[q(z | x_o, x_a)]`` itself, regressed
-      on one-completion estimates.
+      on one-completion estimates;
+    - ``"variance"``: each action's share of the expected squared error removed
+      (:func:`variance_shares`), regressed on the sampling estimate (scaled by the number
+      of columns counted, see :meth:`relative_gains`).
 
     Parameters
     ----------
@@ -186,12 +271,22 @@ class LookaheadNetwork(nn.Module):
         self.trunk = ResidualMLP(2 * n_features, width, hidden_layer_sizes, dropout)
         self.gaussians = nn.Linear(width, n_scenarios * (n_actions + 1) * 2 * latent_dim)
         self.entropies = nn.Linear(width, n_scenarios * (n_actions + 1))
+        self.shares = nn.Linear(width, n_actions)
+
+    def _hidden(self, x: torch.Tensor, state: torch.Tensor) -> torch.Tensor:
+        return torch.relu(self.trunk(masked_input(x, state)))
+
+    def relative_gains(self, x: torch.Tensor, state: torch.Tensor) -> torch.Tensor:
+        """The ``"variance"`` head, ``(n, A)``: each action's share of the error removed
+        times the number of columns counted, so that values are of order one whatever ``d``.
+        """
+        return nn.functional.softplus(self.shares(self._hidden(x, state)))
 
     def forward(
         self, x: torch.Tensor, state: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Gaussian means and scales ``(n, S, A + 1, L)``; entropies ``(n, S, A + 1)``."""
-        hidden = torch.relu(self.trunk(masked_input(x, state)))
+        hidden = self._hidden(x, state)
         gaussians = self.gaussians(hidden).unflatten(-1, self.grid + (2, self.latent_dim))
         loc, raw_scale = gaussians.unbind(-2)
         scale = nn.functional.softplus(raw_scale) + _MIN_SCALE
@@ -211,9 +306,11 @@ class LookaheadObjective(nn.Module):
     """Training loss of a :class:`LookaheadNetwork` against a frozen PM-VAE.
 
     Per batch: draw an acquisition state inside each row's present entries (the number
-    observed uniform within ``observed_fraction``), ``n_completions`` completions, and
-    ``n_actions_per_step`` random actions shared by the batch; then fit both heads to the
-    one-step-ahead posteriors of those actions (plus "nothing").
+    observed uniform within ``observed_fraction``). For ``criterion="entropy"``, draw
+    ``n_completions`` completions and ``n_actions_per_step`` random actions shared by the
+    batch, and fit the two entropy heads to the one-step-ahead posteriors of those actions
+    (plus "nothing"). For ``criterion="variance"``, fit the variance head to the sampling
+    estimate of every action's share (:func:`variance_shares`) from ``n_completions`` draws.
 
     Only ``network`` is a registered submodule: the base model is kept out of the optimiser
     and out of ``train()``, so dropout in it stays off.
@@ -227,8 +324,12 @@ class LookaheadObjective(nn.Module):
         n_completions: int,
         n_actions_per_step: int,
         observed_fraction: tuple[float, float],
+        criterion: str = "entropy",
     ) -> None:
         super().__init__()
+        if criterion not in CRITERIA:
+            raise ValueError(f"Unknown criterion {criterion!r}; choose one of {list(CRITERIA)}.")
+        self.criterion = criterion
         self.network = network
         self._base = (base,)  # a tuple hides the module from parameters() and train()
         self.problem = problem
@@ -263,9 +364,35 @@ class LookaheadObjective(nn.Module):
 
         ``kl_weight`` is part of the training loop's protocol and has no role here.
         """
+        state = self._acquisition_state(present, generator)
+        if self.criterion == "variance":
+            return self._variance_loss(x, state, generator)
+        return self._entropy_loss(x, state, generator)
+
+    def _variance_loss(
+        self, x: torch.Tensor, state: torch.Tensor, generator: torch.Generator
+    ) -> tuple[torch.Tensor, dict[str, float]]:
+        base = self._base[0]
+        noise_dim = base.partial_posterior.noise_dim
+        noise = torch.randn(
+            self.n_completions, x.shape[0], noise_dim, generator=generator, device=x.device
+        )
+        with torch.no_grad():
+            covariance = predictive_covariance(base, x, state, noise)
+            targets = variance_shares(
+                covariance, self.problem.actions, self.problem.error_columns(state)
+            )
+            targets = targets * self.problem.error_columns(state).sum(-1, keepdim=True)
+        squared_error = (self.network.relative_gains(x, state) - targets).square()
+        available = self.problem.available(state).to(squared_error.dtype)
+        loss = (squared_error * available).sum() / available.sum().clamp_min(1.0)
+        return loss, {"variance_mse": float(loss.detach())}
+
+    def _entropy_loss(
+        self, x: torch.Tensor, state: torch.Tensor, generator: torch.Generator
+    ) -> tuple[torch.Tensor, dict[str, float]]:
         base = self._base[0]
         device = x.device
-        state = self._acquisition_state(present, generator)
         chosen = torch.randperm(self.problem.n_actions, generator=generator, device=device)
         chosen = chosen[: self.n_actions_per_step]
         actions = self.problem.with_nothing(self.problem.actions[chosen])
