@@ -99,16 +99,17 @@ class PlanarFamily(AffineFamily):
         z, log_det = super().transform(params, noise)
         L = self.latent_dim
         layers = params[:, self.affine_parameters :].reshape(-1, self.n_layers, 2 * L + 1)
+        u, w, b = layers[..., :L], layers[..., L : 2 * L], layers[..., 2 * L]
+        wu = (w * u).sum(-1, keepdim=True)
+        squared_norm = w.square().sum(-1, keepdim=True).clamp_min(1e-12)
+        u_hat = u + (nn.functional.softplus(wu) - 1 - wu) * w / squared_norm
+        activations = []
         for k in range(self.n_layers):
-            u, w, b = layers[:, k, :L], layers[:, k, L : 2 * L], layers[:, k, 2 * L]
-            wu = (w * u).sum(-1, keepdim=True)
-            squared_norm = w.square().sum(-1, keepdim=True).clamp_min(1e-12)
-            u_hat = u + (nn.functional.softplus(wu) - 1 - wu) * w / squared_norm
-            activation = torch.tanh((z * w).sum(-1) + b)
-            z = z + u_hat * activation.unsqueeze(-1)
-            slope = (1 - activation.square()) * (w * u_hat).sum(-1)
-            log_det = log_det + torch.log1p(slope.clamp_min(-1 + 1e-6))
-        return z, log_det
+            activation = torch.tanh((z * w[:, k]).sum(-1) + b[:, k])
+            z = z + u_hat[:, k] * activation.unsqueeze(-1)
+            activations.append(activation)
+        slopes = (1 - torch.stack(activations, -1).square()) * (w * u_hat).sum(-1)
+        return z, log_det + torch.log1p(slopes.clamp_min(-1 + 1e-6)).sum(-1)
 
 
 class MLPFamily(AffineFamily):
