@@ -4,8 +4,9 @@ The Wisconsin Diagnostic Breast Cancer table (569 patients, shipped with scikit-
 ten cell-nucleus measurements (radius, texture, ...), each reported three ways: mean,
 standard error and worst value. Here each measurement is one *test* that yields its three
 values at once, with an illustrative cost. The diagnosis is the target: tests are ordered,
-one at a time, by expected information about it per unit cost, until the predicted
-probability of malignancy is confident or nothing is worth its cost.
+one at a time, by the expected share of the diagnosis's remaining variance each removes, per
+unit cost, until the predicted probability of malignancy is confident or nothing is worth
+its cost.
 
 It prints one patient's sequence and the accuracy-versus-cost curves of the greedy order,
 a random order and a single global order (the same for every patient), and saves a plot.
@@ -86,7 +87,7 @@ def one_patient(acquirer: LookaheadAcquirer, patient: pd.Series, costs: np.ndarr
         spent += costs[action]
         print(
             f"  P(malignant) = {probability:.2f} -> order {names[action]!r} "
-            f"(cost {costs[action]:g}, expected gain {gains[action]:.3f} nats)"
+            f"(cost {costs[action]:g}, expected to remove {gains[action]:.0%} of the variance)"
         )
 
 
@@ -135,7 +136,7 @@ def main(argv: list[str] | None = None) -> None:
     train, test = train_test_split(
         table, test_size=0.3, stratify=table["malignant"], random_state=0
     )
-    # A Gaussian partial posterior makes entropies exact; a small latent suits 400 patients.
+    # A small latent and the cheap Gaussian partial posterior suit 400 patients.
     imputer = PosteriorMatchingImputer(posterior="gaussian", latent_dim=4, random_state=0)
     acquirer = LookaheadAcquirer(
         imputer=imputer,

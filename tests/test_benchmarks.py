@@ -119,9 +119,11 @@ def test_acquisition_table_reports_curves_and_speed_ratios(tmp_path):
         "hardware": {"device": "cpu", "torch_threads": 2},
     }
     table = acquisition.markdown_table(results, settings, record)
-    assert "| lookahead (entropy) | 0.3000 | 0.2500 | 0.2000 | 0.800 | 0.01 | 200x |" in table
-    assert "| lookahead (variance) | 0.3000 | 0.2250 | 0.1500 | 0.600 | 0.01 | 5x |" in table
-    assert "| random |" in table and "| 1.000 | 0.001 | - |" in table
+    assert (
+        "| lookahead (entropy) | 0.3000 | 0.2500 | 0.2000 | 0.800 | 0.01 | 200x | 200x |" in table
+    )
+    assert "| lookahead (variance) | 0.3000 | 0.2250 | 0.1500 | 0.600 | 0.01 | 5x | 200x |" in table
+    assert "| random |" in table and "| 1.000 | 0.001 | - | - |" in table
     assert "variance 5 s (6 epochs)" in table
     acquisition.plot(results, settings, tmp_path / "curve.png")
     assert (tmp_path / "curve.png").stat().st_size > 0
