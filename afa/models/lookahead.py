@@ -237,7 +237,8 @@ def information_gains(entropies: torch.Tensor) -> torch.Tensor:
 class LookaheadNetwork(nn.Module):
     """Predicts the posterior after every action, from ``concat(x * b, b)``, in one pass.
 
-    Three heads share a residual trunk; both cover every scenario and the ``A + 1`` actions:
+    Three heads share a residual trunk; the two entropy heads cover every scenario and the
+    ``A + 1`` actions, the variance head the ``A`` actions:
 
     - ``"mixture"``: a diagonal Gaussian ``g_a(z | x_o)``, fitted by maximum likelihood to
       draws from the one-step-ahead posteriors (the reference code's lookahead posterior: a
@@ -377,12 +378,11 @@ class LookaheadObjective(nn.Module):
         noise = torch.randn(
             self.n_completions, x.shape[0], noise_dim, generator=generator, device=x.device
         )
+        columns = self.problem.error_columns(state)
         with torch.no_grad():
             covariance = predictive_covariance(base, x, state, noise)
-            targets = variance_shares(
-                covariance, self.problem.actions, self.problem.error_columns(state)
-            )
-            targets = targets * self.problem.error_columns(state).sum(-1, keepdim=True)
+            shares = variance_shares(covariance, self.problem.actions, columns)
+            targets = shares * columns.sum(-1, keepdim=True)
         squared_error = (self.network.relative_gains(x, state) - targets).square()
         available = self.problem.available(state).to(squared_error.dtype)
         loss = (squared_error * available).sum() / available.sum().clamp_min(1.0)
