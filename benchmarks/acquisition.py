@@ -124,6 +124,7 @@ def run_strategies(acquirers: dict[str, LookaheadAcquirer], settings: Settings) 
         acquirer = acquirers[criterion].set_params(head=head)
         path = acquirer.acquire(test, n_steps=settings.n_steps, strategy=strategy)
         results[name] = {
+            "criterion": criterion,
             "rmse": path.mean_errors().tolist(),
             "decision_s_per_step": float(np.median(path.decision_seconds)),
             "decision_s": path.decision_seconds.tolist(),
@@ -148,13 +149,11 @@ def markdown_table(results: dict[str, dict], settings: Settings, record: dict) -
     lines = [header, "|---|" + "---|" * (len(steps) + 4) + "\n"]
     for name, result in results.items():
         seconds = result["decision_s_per_step"]
-        criterion = name[name.find("(") + 1 : -1] if name.startswith("lookahead") else ""
-        criterion = criterion if criterion in settings.criteria else settings.criteria[0]
         speeds = [
             _speed_up(results.get(f"sampling ({c})"), seconds)
             if name.startswith("lookahead")
             else "-"
-            for c in (criterion, "entropy")
+            for c in (result["criterion"], "entropy")
         ]
         cells = " | ".join(f"{result['rmse'][t]:.4f}" for t in steps)
         relative = result["rmse"][last] / random_error

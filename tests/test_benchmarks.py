@@ -97,15 +97,16 @@ def test_acquisition_table_reports_curves_and_speed_ratios(tmp_path):
 
     settings = acquisition.Settings(train_rows=100, test_rows=4, n_steps=10)
 
-    def curve(end: float, seconds: float) -> dict:
-        return {"rmse": list(np.linspace(0.3, end, 11)), "decision_s_per_step": seconds}
+    def curve(criterion: str, end: float, seconds: float) -> dict:
+        rmse = list(np.linspace(0.3, end, 11))
+        return {"criterion": criterion, "rmse": rmse, "decision_s_per_step": seconds}
 
     results = {
-        "lookahead (entropy)": curve(0.2, 0.01),
-        "sampling (entropy)": curve(0.19, 2.0),
-        "lookahead (variance)": curve(0.15, 0.01),
-        "sampling (variance)": curve(0.15, 0.05),
-        "random": curve(0.25, 0.001),
+        "lookahead (entropy)": curve("entropy", 0.2, 0.01),
+        "sampling (entropy)": curve("entropy", 0.19, 2.0),
+        "lookahead (variance)": curve("variance", 0.15, 0.01),
+        "sampling (variance)": curve("variance", 0.15, 0.05),
+        "random": curve("entropy", 0.25, 0.001),
     }
     record = {
         "timings": {
