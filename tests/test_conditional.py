@@ -470,19 +470,24 @@ def test_observed_entries_never_change(base, X, mask):
 
 
 def test_observed_head_matches_the_full_decoder():
-    """The sparse-evidence fast path computes the same log p(x_o | z) as full decoding."""
+    """The sparse-evidence fast path computes the same log p(x_o | z) as full decoding.
+
+    Binary Bernoulli evidence takes the signed-logit path; fractional evidence does not.
+    """
     from afa.nn import ResidualMLP
 
     torch.manual_seed(0)
-    for likelihood, x in [
-        (BernoulliLikelihood(10), (torch.rand(5, 10) < 0.5).float()),
-        (GaussianLikelihood(10, scale="heteroscedastic"), torch.randn(5, 10)),
+    for likelihood, x, signed in [
+        (BernoulliLikelihood(10), (torch.rand(5, 10) < 0.5).float(), True),
+        (BernoulliLikelihood(10), torch.rand(5, 10), False),
+        (GaussianLikelihood(10, scale="heteroscedastic"), torch.randn(5, 10), False),
     ]:
         decoder = ResidualMLP(3, likelihood.n_outputs(10), (8, 8))
         mask = torch.rand(5, 10) < 0.4
         mask[0] = False
         evidence = Evidence(decoder, likelihood, x, mask)
         assert evidence.observed_head is not None
+        assert evidence.signed_bernoulli is signed
         z = torch.randn(7, 5, 3)
         with torch.no_grad():
             expected = likelihood.log_prob(x, decoder(z), mask)

@@ -34,16 +34,19 @@ def standard_normal_log_prob(z: torch.Tensor) -> torch.Tensor:
 class _ObservedHead(NamedTuple):
     """A ResidualMLP decoder's output layers restricted, per query, to the evidence columns.
 
-    ``columns`` (Q, K) lists each query's observed features, padded (``valid`` False) to the
-    longest; the weights are the decoder's head and shortcut rows for those outputs.
+    Each query's ``K`` observed features are listed, padded (``valid`` False) to the longest.
+    ``weight`` stacks, per listed output, the decoder's head row and shortcut row, so one
+    batched product of ``[hidden, z]`` gives the outputs. With binary Bernoulli evidence the
+    rows are multiplied by ``2x - 1`` (0 for padding), so an entry's log-probability is
+    ``logsigmoid(output)``; a padded output is then exactly 0, contributing ``-log 2``, which
+    ``padding`` adds back.
     """
 
-    columns: torch.Tensor
     valid: torch.Tensor
     x: torch.Tensor
-    head_weight: torch.Tensor
-    head_bias: torch.Tensor
-    shortcut_weight: torch.Tensor
+    weight: torch.Tensor
+    bias: torch.Tensor
+    padding: torch.Tensor
 
     def subset(self, index: torch.Tensor) -> _ObservedHead:
         return _ObservedHead(*(tensor[index] for tensor in self))
@@ -51,33 +54,36 @@ class _ObservedHead(NamedTuple):
 
 def _observed_head(
     decoder: nn.Module, likelihood: nn.Module, x: torch.Tensor, mask: torch.Tensor
-) -> _ObservedHead | None:
+) -> tuple[_ObservedHead | None, bool]:
     """The restricted head when the decoder and likelihood allow it, else None.
 
     Only the evidence enters ``log p(x_o | z)``; with sparse evidence, computing the decoder's
     outputs for the observed features alone saves most of the work. It needs a
     :class:`~afa.nn.ResidualMLP` decoder and a likelihood whose parameters are per-feature
-    decoder outputs (Bernoulli, heteroscedastic Gaussian).
+    decoder outputs (Bernoulli, heteroscedastic Gaussian). The flag says whether the rows
+    were signed for binary Bernoulli evidence.
     """
     per_feature = {BernoulliLikelihood: 1, GaussianLikelihood: 2}.get(type(likelihood))
     if not isinstance(decoder, ResidualMLP) or per_feature is None:
-        return None
+        return None, False
     if per_feature == 2 and likelihood.raw_scale.numel() > 0:
-        return None  # a learned scale per feature: not a decoder output
+        return None, False  # a learned scale per feature: not a decoder output
     counts = mask.sum(-1)
     width = max(int(counts.max()), 1) if len(counts) else 1
     order = torch.argsort((~mask).to(torch.int8), dim=-1, stable=True)[:, :width]
     valid = torch.arange(width, device=mask.device) < counts.unsqueeze(-1)
     columns = torch.where(valid, order, torch.zeros_like(order))
     outputs = torch.cat([columns + k * x.shape[-1] for k in range(per_feature)], dim=-1)
-    return _ObservedHead(
-        columns,
-        valid,
-        x.gather(1, columns),
-        decoder.head.weight[outputs],
-        decoder.head.bias[outputs],
-        decoder.shortcut.weight[outputs],
-    )
+    weight = torch.cat([decoder.head.weight[outputs], decoder.shortcut.weight[outputs]], -1)
+    bias = decoder.head.bias[outputs]
+    observed = x.gather(1, columns)
+    padding = torch.zeros(len(x), device=x.device, dtype=weight.dtype)
+    signed = per_feature == 1 and bool(((observed == 0) | (observed == 1) | ~valid).all())
+    if signed:
+        sign = torch.where(valid, 2 * observed - 1, torch.zeros_like(observed))
+        weight, bias = weight * sign.unsqueeze(-1), bias * sign
+        padding = (~valid).sum(-1).to(weight.dtype) * math.log(2.0)
+    return _ObservedHead(valid, observed, weight, bias, padding), signed
 
 
 @dataclass(frozen=True)
@@ -100,7 +106,8 @@ class Evidence:
     With an afa :class:`~afa.nn.ResidualMLP` decoder and a Bernoulli or heteroscedastic
     Gaussian likelihood, ``log_likelihood`` computes the decoder's outputs for each query's
     observed features only (a batched product with per-query weight rows), so sparse
-    evidence costs a fraction of a full decoding.
+    evidence costs a fraction of a full decoding. Binary Bernoulli evidence then costs one
+    ``logsigmoid`` per entry.
     """
 
     decoder: nn.Module
@@ -108,11 +115,13 @@ class Evidence:
     x: torch.Tensor
     mask: torch.Tensor
     observed_head: _ObservedHead | None = field(default=None, repr=False)
+    signed_bernoulli: bool = field(default=False, repr=False)
 
     def __post_init__(self) -> None:
         if self.observed_head is None:
-            head = _observed_head(self.decoder, self.likelihood, self.x, self.mask)
+            head, signed = _observed_head(self.decoder, self.likelihood, self.x, self.mask)
             object.__setattr__(self, "observed_head", head)
+            object.__setattr__(self, "signed_bernoulli", signed)
 
     def __len__(self) -> int:
         return self.x.shape[0]
@@ -126,17 +135,25 @@ class Evidence:
     def subset(self, index: torch.Tensor) -> Evidence:
         """The evidence of the queries in ``index``."""
         head = None if self.observed_head is None else self.observed_head.subset(index)
-        return Evidence(self.decoder, self.likelihood, self.x[index], self.mask[index], head)
+        return Evidence(
+            self.decoder,
+            self.likelihood,
+            self.x[index],
+            self.mask[index],
+            head,
+            self.signed_bernoulli,
+        )
 
     def log_likelihood(self, z: torch.Tensor) -> torch.Tensor:
         """``log p(x_o | z)`` for latents of shape ``(..., Q, L)``; returns ``(..., Q)``."""
         head = self.observed_head
         if head is None:
             return self.likelihood.log_prob(self.x, self.decoder(z), self.mask)
-        decoder = self.decoder
-        hidden = torch.relu(decoder.layers(decoder.stem(z)))
-        output = torch.einsum("...qh,qkh->...qk", hidden, head.head_weight) + head.head_bias
-        output = output + torch.einsum("...ql,qkl->...qk", z, head.shortcut_weight)
+        hidden = torch.relu(self.decoder.layers(self.decoder.stem(z)))
+        inputs = torch.cat([hidden, z], -1)
+        output = torch.einsum("...qh,qkh->...qk", inputs, head.weight) + head.bias
+        if self.signed_bernoulli:
+            return nn.functional.logsigmoid(output).sum(-1) + head.padding
         element = self.likelihood.element_log_prob(head.x, output)
         return torch.where(head.valid, element, torch.zeros_like(element)).sum(-1)
 
