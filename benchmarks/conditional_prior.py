@@ -719,6 +719,9 @@ def _hardware(device: torch.device) -> dict:
         "torch_threads": torch.get_num_threads(),
         "cpu_count": os.cpu_count(),
         "load_average_1min_at_start": os.getloadavg()[0],
+        # idle OpenMP threads that sleep (PASSIVE) make small operations, and so the
+        # one-query-at-a-time timings, slower: the batched / single ratio depends on it
+        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
         "platform": platform.platform(),
     }
 

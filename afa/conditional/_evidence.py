@@ -75,15 +75,20 @@ def _observed_head(
     columns = torch.where(valid, order, torch.zeros_like(order))
     outputs = torch.cat([columns + k * x.shape[-1] for k in range(per_feature)], dim=-1)
     weight = torch.cat([decoder.head.weight[outputs], decoder.shortcut.weight[outputs]], -1)
-    bias = decoder.head.bias[outputs]
-    observed = x.gather(1, columns)
     padding = torch.zeros(len(x), device=x.device, dtype=weight.dtype)
-    signed = per_feature == 1 and bool(((observed == 0) | (observed == 1) | ~valid).all())
-    if signed:
-        sign = torch.where(valid, 2 * observed - 1, torch.zeros_like(observed))
-        weight, bias = weight * sign.unsqueeze(-1), bias * sign
-        padding = (~valid).sum(-1).to(weight.dtype) * math.log(2.0)
-    return _ObservedHead(valid, observed, weight, bias, padding), signed
+    head = _ObservedHead(valid, x.gather(1, columns), weight, decoder.head.bias[outputs], padding)
+    binary = ((head.x == 0) | (head.x == 1) | ~valid).all()
+    if per_feature == 1 and bool(binary):
+        return _signed(head), True
+    return head, False
+
+
+def _signed(head: _ObservedHead) -> _ObservedHead:
+    """The head with each output row multiplied by ``2x - 1`` (0 for padding)."""
+    sign = torch.where(head.valid, 2 * head.x - 1, torch.zeros_like(head.x))
+    padding = (~head.valid).sum(-1).to(head.weight.dtype) * math.log(2.0)
+    weight, bias = head.weight * sign.unsqueeze(-1), head.bias * sign
+    return _ObservedHead(head.valid, head.x, weight, bias, padding)
 
 
 @dataclass(frozen=True)
