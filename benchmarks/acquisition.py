@@ -15,8 +15,13 @@ Run from the repository root::
 
     python -m benchmarks.acquisition --quick   # 10,000 training images, 200 test, 10 steps
     python -m benchmarks.acquisition           # 60,000 training images, 1,000 test, 30 steps
+    python -m benchmarks.acquisition --quick --posterior autoregressive --criteria variance \
+        --imputer-epochs 400
 
-Writes ``benchmarks/results/acquisition[_quick].{json,md,png}``.
+``--posterior autoregressive`` fits the imputer with the autoregressive partial posterior (the
+better imputer; entropies then become one-draw estimates, and entropy sampling too slow to
+run), ``--criteria`` keeps some criteria only and ``--imputer-epochs`` overrides the epochs.
+Writes ``benchmarks/results/acquisition[_quick][_autoregressive].{json,md,png}``.
 """
 
 from __future__ import annotations
@@ -25,7 +30,7 @@ import argparse
 import os
 import platform
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -45,6 +50,7 @@ class Settings:
     train_rows: int
     test_rows: int
     n_steps: int
+    posterior: str = "gaussian"
     latent_dim: int = 10
     hidden_layer_sizes: tuple[int, ...] = (256, 256)
     imputer_max_iter: int = 400
@@ -78,7 +84,7 @@ def fit_acquirers(
     images = images[: settings.train_rows].astype(np.float64)
     imputer = PosteriorMatchingImputer(
         likelihood="bernoulli",
-        posterior="gaussian",
+        posterior=settings.posterior,
         latent_dim=settings.latent_dim,
         hidden_layer_sizes=settings.hidden_layer_sizes,
         training_mask="uniform",
@@ -169,12 +175,21 @@ def markdown_table(results: dict[str, dict], settings: Settings, record: dict) -
         f"\nMNIST 16x16: {settings.train_rows:,} training images, the first "
         f"{settings.test_rows:,} test images, {settings.n_steps} steps from nothing; batch of "
         f"{settings.test_rows:,} rows per decision; {record['hardware']['device']}, "
-        f"{record['hardware']['torch_threads']} threads. Imputer fit "
+        f"{record['hardware']['torch_threads']} threads. Imputer ({settings.posterior} partial "
+        f"posterior) fit "
         f"{timings['imputer_fit_s']:.0f} s ({timings['imputer_epochs']} epochs); lookahead "
-        f"networks: {networks}. The lookahead (entropy) and (mixture) rows are compared with "
-        "sampling (entropy), lookahead (variance) with sampling (variance).\n"
+        f"networks: {networks}.{_comparisons(settings)}\n"
     )
     return "".join(lines)
+
+
+def _comparisons(settings: Settings) -> str:
+    """Which sampling run each lookahead row is compared with."""
+    pairs = {
+        "entropy": "the lookahead (entropy) and (mixture) rows with sampling (entropy)",
+        "variance": "lookahead (variance) with sampling (variance)",
+    }
+    return " Compared: " + "; ".join(pairs[c] for c in settings.criteria) + "."
 
 
 def _speed_up(sampling: dict | None, seconds: float) -> str:
@@ -200,16 +215,34 @@ def plot(results: dict[str, dict], settings: Settings, path: Path) -> None:
     plt.close(figure)
 
 
+def _with_options(settings: Settings, args: argparse.Namespace) -> Settings:
+    """``settings`` with the command line's overrides."""
+    overrides = {"posterior": args.posterior}
+    if args.criteria:
+        overrides["criteria"] = tuple(args.criteria)
+    if args.imputer_epochs:
+        overrides["imputer_max_iter"] = args.imputer_epochs
+    return replace(settings, **overrides)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="10k train, 200 test, 10 steps")
+    parser.add_argument(
+        "--posterior",
+        choices=("gaussian", "autoregressive"),
+        default="gaussian",
+        help="the imputer's partial posterior (entropies are exact only for gaussian)",
+    )
+    parser.add_argument("--criteria", nargs="+", choices=("entropy", "variance"))
+    parser.add_argument("--imputer-epochs", type=int, help="override the imputer's epochs")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--output-dir", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    settings = QUICK if args.quick else FULL
+    settings = _with_options(QUICK if args.quick else FULL, args)
     device = resolve_device(args.device)
     load = os.getloadavg()[0]
     start = time.perf_counter()
@@ -232,7 +265,9 @@ def main(argv: list[str] | None = None) -> None:
         "timings": {**timings, "total_s": time.perf_counter() - start},
         "results": results,
     }
-    name = "acquisition_quick" if args.quick else "acquisition"
+    name = "acquisition" + ("_quick" if args.quick else "")
+    if settings.posterior != "gaussian":
+        name += f"_{settings.posterior}"
     write_results(record, markdown_table(results, settings, record), args.output_dir, name)
     plot(results, settings, args.output_dir / f"{name}.png")
 
