@@ -487,7 +487,7 @@ def test_observed_head_matches_the_full_decoder():
         mask[0] = False
         evidence = Evidence(decoder, likelihood, x, mask)
         assert evidence.observed_head is not None
-        assert evidence.signed_bernoulli is signed
+        assert (evidence.observed_head.signed_padding is not None) is signed
         z = torch.randn(7, 5, 3)
         with torch.no_grad():
             expected = likelihood.log_prob(x, decoder(z), mask)

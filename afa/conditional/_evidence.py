@@ -39,35 +39,35 @@ class _ObservedHead(NamedTuple):
     batched product of ``[hidden, z]`` gives the outputs. With binary Bernoulli evidence the
     rows are multiplied by ``2x - 1`` (0 for padding), so an entry's log-probability is
     ``logsigmoid(output)``; a padded output is then exactly 0, contributing ``-log 2``, which
-    ``padding`` adds back.
+    ``signed_padding`` (None for unsigned rows) adds back.
     """
 
     valid: torch.Tensor
     x: torch.Tensor
     weight: torch.Tensor
     bias: torch.Tensor
-    padding: torch.Tensor
+    signed_padding: torch.Tensor | None = None
 
     def subset(self, index: torch.Tensor) -> _ObservedHead:
-        return _ObservedHead(*(tensor[index] for tensor in self))
+        return _ObservedHead(*(None if tensor is None else tensor[index] for tensor in self))
 
 
 def _observed_head(
     decoder: nn.Module, likelihood: nn.Module, x: torch.Tensor, mask: torch.Tensor
-) -> tuple[_ObservedHead | None, bool]:
+) -> _ObservedHead | None:
     """The restricted head when the decoder and likelihood allow it, else None.
 
     Only the evidence enters ``log p(x_o | z)``; with sparse evidence, computing the decoder's
     outputs for the observed features alone saves most of the work. It needs a
     :class:`~afa.nn.ResidualMLP` decoder and a likelihood whose parameters are per-feature
-    decoder outputs (Bernoulli, heteroscedastic Gaussian). The flag says whether the rows
-    were signed for binary Bernoulli evidence.
+    decoder outputs (Bernoulli, heteroscedastic Gaussian). Binary Bernoulli evidence gets
+    signed rows.
     """
     per_feature = {BernoulliLikelihood: 1, GaussianLikelihood: 2}.get(type(likelihood))
     if not isinstance(decoder, ResidualMLP) or per_feature is None:
-        return None, False
+        return None
     if per_feature == 2 and likelihood.raw_scale.numel() > 0:
-        return None, False  # a learned scale per feature: not a decoder output
+        return None  # a learned scale per feature: not a decoder output
     counts = mask.sum(-1)
     width = max(int(counts.max()), 1) if len(counts) else 1
     order = torch.argsort((~mask).to(torch.int8), dim=-1, stable=True)[:, :width]
@@ -75,12 +75,9 @@ def _observed_head(
     columns = torch.where(valid, order, torch.zeros_like(order))
     outputs = torch.cat([columns + k * x.shape[-1] for k in range(per_feature)], dim=-1)
     weight = torch.cat([decoder.head.weight[outputs], decoder.shortcut.weight[outputs]], -1)
-    padding = torch.zeros(len(x), device=x.device, dtype=weight.dtype)
-    head = _ObservedHead(valid, x.gather(1, columns), weight, decoder.head.bias[outputs], padding)
+    head = _ObservedHead(valid, x.gather(1, columns), weight, decoder.head.bias[outputs])
     binary = ((head.x == 0) | (head.x == 1) | ~valid).all()
-    if per_feature == 1 and bool(binary):
-        return _signed(head), True
-    return head, False
+    return _signed(head) if per_feature == 1 and bool(binary) else head
 
 
 def _signed(head: _ObservedHead) -> _ObservedHead:
@@ -120,13 +117,11 @@ class Evidence:
     x: torch.Tensor
     mask: torch.Tensor
     observed_head: _ObservedHead | None = field(default=None, repr=False)
-    signed_bernoulli: bool = field(default=False, repr=False)
 
     def __post_init__(self) -> None:
         if self.observed_head is None:
-            head, signed = _observed_head(self.decoder, self.likelihood, self.x, self.mask)
+            head = _observed_head(self.decoder, self.likelihood, self.x, self.mask)
             object.__setattr__(self, "observed_head", head)
-            object.__setattr__(self, "signed_bernoulli", signed)
 
     def __len__(self) -> int:
         return self.x.shape[0]
@@ -140,14 +135,7 @@ class Evidence:
     def subset(self, index: torch.Tensor) -> Evidence:
         """The evidence of the queries in ``index``."""
         head = None if self.observed_head is None else self.observed_head.subset(index)
-        return Evidence(
-            self.decoder,
-            self.likelihood,
-            self.x[index],
-            self.mask[index],
-            head,
-            self.signed_bernoulli,
-        )
+        return Evidence(self.decoder, self.likelihood, self.x[index], self.mask[index], head)
 
     def log_likelihood(self, z: torch.Tensor) -> torch.Tensor:
         """``log p(x_o | z)`` for latents of shape ``(..., Q, L)``; returns ``(..., Q)``."""
@@ -157,8 +145,8 @@ class Evidence:
         hidden = torch.relu(self.decoder.layers(self.decoder.stem(z)))
         inputs = torch.cat([hidden, z], -1)
         output = torch.einsum("...qh,qkh->...qk", inputs, head.weight) + head.bias
-        if self.signed_bernoulli:
-            return nn.functional.logsigmoid(output).sum(-1) + head.padding
+        if head.signed_padding is not None:
+            return nn.functional.logsigmoid(output).sum(-1) + head.signed_padding
         element = self.likelihood.element_log_prob(head.x, output)
         return torch.where(head.valid, element, torch.zeros_like(element)).sum(-1)
 
