@@ -130,6 +130,37 @@ def test_acquisition_table_reports_curves_and_speed_ratios(tmp_path):
     assert (tmp_path / "curve.png").stat().st_size > 0
 
 
+def test_acquisition_options_pick_the_imputer_and_criteria():
+    import argparse
+
+    from benchmarks import acquisition
+
+    options = argparse.Namespace(
+        posterior="autoregressive", criteria=["variance"], imputer_epochs=400
+    )
+    settings = acquisition._with_options(acquisition.QUICK, options)
+    assert (settings.posterior, settings.criteria) == ("autoregressive", ("variance",))
+    assert settings.imputer_max_iter == 400 and settings.train_rows == 10_000
+    defaults = argparse.Namespace(posterior="gaussian", criteria=None, imputer_epochs=None)
+    assert acquisition._with_options(acquisition.QUICK, defaults) == acquisition.QUICK
+
+    curve = {"criterion": "variance", "rmse": [0.3] * 11, "decision_s_per_step": 0.01}
+    results = {"lookahead (variance)": curve, "sampling (variance)": curve, "random": curve}
+    record = {
+        "timings": {
+            "imputer_fit_s": 1,
+            "imputer_epochs": 2,
+            "lookahead_variance_fit_s": 5,
+            "lookahead_variance_epochs": 6,
+        },
+        "hardware": {"device": "cpu", "torch_threads": 2},
+    }
+    table = acquisition.markdown_table(results, settings, record)
+    assert "Imputer (autoregressive partial posterior)" in table
+    assert "Compared: lookahead (variance) with sampling (variance)." in table
+    assert "entropy" not in table.split("\n\n")[-1]
+
+
 def _fake_measures(methods: tuple[str, ...], n: int, rng: np.random.Generator) -> dict:
     from benchmarks import conditional_prior
 
