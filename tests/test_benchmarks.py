@@ -92,6 +92,17 @@ def test_quick_settings_parse_and_override():
     assert full.n_samples == 100 and full.posteriors == uci.POSTERIORS
 
 
+def _acquisition_record(settings) -> dict:
+    """A run record with made-up fit times: the entropy network 3 s (4 epochs), the variance
+    network 5 s (6 epochs), for the criteria in ``settings``."""
+    timings = {"imputer_fit_s": 1, "imputer_epochs": 2}
+    for criterion, (seconds, epochs) in {"entropy": (3, 4), "variance": (5, 6)}.items():
+        if criterion in settings.criteria:
+            timings[f"lookahead_{criterion}_fit_s"] = seconds
+            timings[f"lookahead_{criterion}_epochs"] = epochs
+    return {"timings": timings, "hardware": {"device": "cpu", "torch_threads": 2}}
+
+
 def test_acquisition_table_reports_curves_and_speed_ratios(tmp_path):
     from benchmarks import acquisition
 
@@ -108,18 +119,7 @@ def test_acquisition_table_reports_curves_and_speed_ratios(tmp_path):
         "sampling (variance)": curve("variance", 0.15, 0.05),
         "random": curve("entropy", 0.25, 0.001),
     }
-    record = {
-        "timings": {
-            "imputer_fit_s": 1,
-            "imputer_epochs": 2,
-            "lookahead_entropy_fit_s": 3,
-            "lookahead_entropy_epochs": 4,
-            "lookahead_variance_fit_s": 5,
-            "lookahead_variance_epochs": 6,
-        },
-        "hardware": {"device": "cpu", "torch_threads": 2},
-    }
-    table = acquisition.markdown_table(results, settings, record)
+    table = acquisition.markdown_table(results, settings, _acquisition_record(settings))
     assert (
         "| lookahead (entropy) | 0.3000 | 0.2500 | 0.2000 | 0.800 | 0.01 | 200x | 200x |" in table
     )
@@ -146,16 +146,7 @@ def test_acquisition_options_pick_the_imputer_and_criteria():
 
     curve = {"criterion": "variance", "rmse": [0.3] * 11, "decision_s_per_step": 0.01}
     results = {"lookahead (variance)": curve, "sampling (variance)": curve, "random": curve}
-    record = {
-        "timings": {
-            "imputer_fit_s": 1,
-            "imputer_epochs": 2,
-            "lookahead_variance_fit_s": 5,
-            "lookahead_variance_epochs": 6,
-        },
-        "hardware": {"device": "cpu", "torch_threads": 2},
-    }
-    table = acquisition.markdown_table(results, settings, record)
+    table = acquisition.markdown_table(results, settings, _acquisition_record(settings))
     assert "Imputer (autoregressive partial posterior)" in table
     assert "Compared: lookahead (variance) with sampling (variance)." in table
     assert "entropy" not in table.split("\n\n")[-1]
