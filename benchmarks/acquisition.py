@@ -19,8 +19,9 @@ Run from the repository root::
         --imputer-epochs 400
 
 ``--posterior autoregressive`` fits the imputer with the autoregressive partial posterior (the
-better imputer; entropies then become one-draw estimates, and entropy sampling too slow to
-run), ``--criteria`` keeps some criteria only and ``--imputer-epochs`` overrides the epochs.
+better imputer; entropies then become one-draw estimates, and entropy sampling needs one
+sequential pass per latent dimension: use ``--criteria variance``), ``--criteria`` keeps
+some criteria only and ``--imputer-epochs`` overrides the epochs.
 Writes ``benchmarks/results/acquisition[_quick][_autoregressive].{json,md,png}``.
 """
 

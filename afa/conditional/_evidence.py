@@ -76,8 +76,9 @@ def _observed_head(
     outputs = torch.cat([columns + k * x.shape[-1] for k in range(per_feature)], dim=-1)
     weight = torch.cat([decoder.head.weight[outputs], decoder.shortcut.weight[outputs]], -1)
     head = _ObservedHead(valid, x.gather(1, columns), weight, decoder.head.bias[outputs])
-    binary = ((head.x == 0) | (head.x == 1) | ~valid).all()
-    return _signed(head) if per_feature == 1 and bool(binary) else head
+    if per_feature == 1 and bool(((head.x == 0) | (head.x == 1) | ~valid).all()):
+        return _signed(head)
+    return head
 
 
 def _signed(head: _ObservedHead) -> _ObservedHead:
