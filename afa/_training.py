@@ -34,7 +34,8 @@ class TrainingSettings:
     """Everything the loop needs to know; built by an estimator from its parameters.
 
     ``learning_rate_decay`` is the per-epoch factor; ``tol`` is relative to the best
-    validation loss so far.
+    validation loss so far; ``max_grad_norm`` (None: no cap) caps each step's total gradient
+    norm.
     """
 
     max_iter: int
@@ -47,6 +48,7 @@ class TrainingSettings:
     tol: float
     kl_schedule: str
     verbose: bool
+    max_grad_norm: float | None = None
 
 
 def kl_weight_schedule(kind: str, max_iter: int) -> Callable[[int], float]:
@@ -134,6 +136,8 @@ class Trainer:
             )
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        if self.settings.max_grad_norm is not None:
+            nn.utils.clip_grad_norm_(self.model.parameters(), self.settings.max_grad_norm)
         self.optimizer.step()
         return {"loss": float(loss.detach()), **terms}
 

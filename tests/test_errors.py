@@ -143,6 +143,8 @@ def test_bad_n_samples_in_score_conditional(fitted, data):
         ({"validation_fraction": 0.0}, "validation_fraction must lie in"),
         ({"learning_rate_decay": 0.0}, "learning_rate_decay must lie in"),
         ({"learning_rate_init": 0.0}, "learning_rate_init must be positive"),
+        ({"max_grad_norm": 0.0}, "max_grad_norm must be a positive number or None"),
+        ({"max_grad_norm": True}, "max_grad_norm must be a positive number or None"),
         ({"device": "tpu"}, "device must be"),
     ],
     ids=lambda v: str(v) if isinstance(v, str) else None,

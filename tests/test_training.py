@@ -268,3 +268,33 @@ def test_weight_decay_spares_biases_and_model_quantities():
     assert id(vae.decoder.stem.weight) in decayed_ids
     assert all(p.ndim >= 2 for p in decayed["params"])
     assert len(decayed["params"]) + len(spared["params"]) == len(list(vae.parameters()))
+
+
+class SpikeModel(QuadraticModel):
+    """The quadratic loss, but the second training step's loss is 10^4 times larger."""
+
+    def loss(self, x, mask, generator, kl_weight=1.0):
+        value, terms = super().loss(x, mask, generator, kl_weight)
+        return (value * 1e4 if len(self.calls) == 2 else value), terms
+
+
+def test_gradient_norm_is_capped_before_each_step():
+    model = QuadraticModel()
+    trainer = Trainer(model, _settings(early_stopping=False, max_grad_norm=0.5), seed=0)
+    norms: list[float] = []
+    trainer.optimizer.register_step_pre_hook(
+        lambda *_: norms.append(float(torch.linalg.vector_norm(model.w.grad)))
+    )
+    trainer.fit(_data(), None, n_epochs=2)
+    assert len(norms) == 8
+    assert max(norms) == pytest.approx(0.5, rel=1e-5)  # the first gradients are about 8.5
+
+
+@pytest.mark.parametrize("max_grad_norm, converges", [(None, False), (1.0, True)])
+def test_a_gradient_spike_stalls_adam_unless_the_norm_is_capped(max_grad_norm, converges):
+    # One huge gradient inflates Adam's second moment for thousands of steps; capped, it
+    # is one ordinary step.
+    model = SpikeModel()
+    settings = _settings(early_stopping=False, learning_rate_init=0.05, max_grad_norm=max_grad_norm)
+    Trainer(model, settings, seed=0).fit(_data(), None, n_epochs=50)
+    assert (float((model.w.detach() - 3.0).abs().max()) < 0.1) is converges

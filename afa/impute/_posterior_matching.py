@@ -208,6 +208,13 @@ default="auto"
     weight_decay : float or "auto", default="auto"
         Decoupled weight decay on weight matrices; ``"auto"`` is 1e-2 below 5,000 rows and
         1e-4 above.
+    max_grad_norm : float or None, default=1.0
+        Each optimiser step's gradient is rescaled to at most this total norm; None disables
+        the cap. Adam is insensitive to a gradient's overall scale, so below the typical norm
+        the value matters little (on POWER caps of 1 and 5 trained alike). Without a cap, a
+        rare step with a gradient thousands of times the usual one inflates Adam's running
+        second moment, the following thousands of steps barely move, and early stopping
+        ends the fit too soon.
     early_stopping : bool, default=True
         Hold out ``validation_fraction`` of the rows and stop when their loss stalls; the best
         epoch's weights are kept.
@@ -279,6 +286,7 @@ default="auto"
         learning_rate_init: float = 3e-3,
         learning_rate_decay: float = 0.1,
         weight_decay: float | str = "auto",
+        max_grad_norm: float | None = 1.0,
         early_stopping: bool = True,
         validation_fraction: float = 0.1,
         n_iter_no_change: int | str = "auto",
@@ -305,6 +313,7 @@ default="auto"
         self.learning_rate_init = learning_rate_init
         self.learning_rate_decay = learning_rate_decay
         self.weight_decay = weight_decay
+        self.max_grad_norm = max_grad_norm
         self.early_stopping = early_stopping
         self.validation_fraction = validation_fraction
         self.n_iter_no_change = n_iter_no_change
@@ -356,6 +365,11 @@ default="auto"
             raise ValueError(
                 f"learning_rate_decay must lie in (0, 1]; got {self.learning_rate_decay!r}."
             )
+        cap = self.max_grad_norm
+        if cap is not None and not (
+            isinstance(cap, numbers.Real) and not isinstance(cap, bool) and cap > 0
+        ):
+            raise ValueError(f"max_grad_norm must be a positive number or None; got {cap!r}.")
         if not self.learning_rate_init > 0:
             raise ValueError(
                 f"learning_rate_init must be positive; got {self.learning_rate_init!r}."
@@ -479,6 +493,7 @@ default="auto"
             tol=self.tol,
             kl_schedule=self.kl_schedule,
             verbose=self.verbose,
+            max_grad_norm=self.max_grad_norm,
         )
         return Trainer(self._model(), settings, self._training_seed_, self.history_)
 
