@@ -212,9 +212,9 @@ default="auto"
         Each optimiser step's gradient is rescaled to at most this total norm; None disables
         the cap. Adam is insensitive to a gradient's overall scale, so below the typical norm
         the value matters little (on POWER caps of 1 and 5 trained alike). Without a cap, a
-        rare step with a gradient thousands of times the usual one inflates Adam's running
-        second moment, the following thousands of steps barely move, and early stopping
-        ends the fit too soon.
+        rare step with a gradient a hundred times the usual one inflates Adam's running
+        second moment, the following steps shrink, and early stopping ends the fit too
+        soon.
     early_stopping : bool, default=True
         Hold out ``validation_fraction`` of the rows and stop when their loss stalls; the best
         epoch's weights are kept.
