@@ -150,6 +150,8 @@ def test_acquisition_options_pick_the_imputer_and_criteria():
     assert "Imputer (autoregressive partial posterior)" in table
     assert "Compared: lookahead (variance) with sampling (variance)." in table
     assert "entropy" not in table.split("\n\n")[-1]
+    assert "speed-up vs sampling (entropy)" not in table
+    assert "| lookahead (variance) | 0.3000 | 0.3000 | 0.3000 | 1.000 | 0.01 | 1x |" in table
 
 
 def _fake_measures(methods: tuple[str, ...], n: int, rng: np.random.Generator) -> dict:
