@@ -256,6 +256,45 @@ def test_samplers_agree_with_the_grid_posterior(toy_2d):
         torch.testing.assert_close(z_covariance, covariance, atol=0.1, rtol=0.1, msg=name)
 
 
+class _TwoBumps(nn.Module):
+    """A Bernoulli logit whose evidence ``x = 1`` makes ``p(z | x_o)`` two sharp bumps: a local
+    one at the origin with almost none of the mass, and the one holding it at ``(2.5, 2.5)``.
+    """
+
+    far = torch.tensor([2.5, 2.5])
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.identity = nn.Linear(2, 2)  # tells Evidence the latent size
+        with torch.no_grad():
+            self.identity.weight.copy_(torch.eye(2))
+            self.identity.bias.zero_()
+        _frozen(self.identity)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        z = self.identity(z)
+        near = -z.square().sum(-1) / 0.2 + math.log(1e-6)
+        far = -(z - self.far).square().sum(-1) / 0.2
+        return (torch.logaddexp(near, far) - 30).unsqueeze(-1)  # logsigmoid(f - 30) ≈ f - 30
+
+
+def test_fits_find_the_mode_holding_the_mass_not_the_one_nearest_the_origin():
+    evidence = Evidence(
+        _TwoBumps(), BernoulliLikelihood(1), torch.ones(1, 1), torch.ones(1, 1).bool()
+    )
+    points, log_mass, log_evidence = grid_log_posterior(evidence, limit=6.0, resolution=401)
+    far_mass = log_mass.exp()[points.sum(-1) > 2.5].sum()  # beyond the midline
+    assert float(far_mass) > 0.99
+    fresh = torch.randn(20_000, 2, generator=torch.Generator().manual_seed(5))
+    for name in ("gvi", "planar"):
+        family = FAMILIES[name](2, 4)
+        params = _fit(family, evidence).params
+        z = family.transform(params, fresh)[0]
+        assert float((z.sum(-1) > 2.5).float().mean()) > 0.99, name
+        gap = log_evidence - conditional_elbo(family, params, fresh, evidence)
+        assert float(gap) < 0.05, name
+
+
 def test_variational_families_bound_the_grid_evidence(toy_2d):
     evidence, _, _, log_evidence = toy_2d
     fresh = torch.randn(20_000, 2, generator=torch.Generator().manual_seed(3))

@@ -27,6 +27,7 @@ from afa.conditional._families import (
     conditional_elbo,
     conditional_elbo_terms,
     fit_conditional_prior,
+    starting_means,
     whitened_noise,
 )
 from afa.conditional._optimise import OptimisationResult, minimize_adam, minimize_lbfgs
@@ -49,5 +50,6 @@ __all__ = [
     "minimize_lbfgs",
     "pseudo_gibbs_sample",
     "rejection_sample",
+    "starting_means",
     "whitened_noise",
 ]
