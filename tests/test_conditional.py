@@ -28,6 +28,7 @@ from afa.conditional import (
     minimize_adam,
     minimize_lbfgs,
     rejection_sample,
+    starting_means,
     whitened_noise,
 )
 from afa.models.likelihoods import BernoulliLikelihood, GaussianLikelihood
@@ -293,6 +294,27 @@ def test_fits_find_the_mode_holding_the_mass_not_the_one_nearest_the_origin():
         assert float((z.sum(-1) > 2.5).float().mean()) > 0.99, name
         gap = log_evidence - conditional_elbo(family, params, fresh, evidence)
         assert float(gap) < 0.05, name
+
+
+class _NanBeyondTwo(_TwoBumps):
+    """The same logit, NaN wherever ``z_1 > 2`` (which holds the far bump's peak)."""
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        logit = super().forward(z)
+        return torch.where(z[..., :1] > 2, torch.nan, logit)
+
+
+def test_starts_never_fall_where_the_evidence_is_nan():
+    ones = torch.ones(2, 1)
+    evidence = Evidence(_NanBeyondTwo(), BernoulliLikelihood(1), ones, ones.bool())
+    starts = starting_means(evidence, torch.Generator().manual_seed(0))
+    assert bool((starts[:, 0] <= 2).all())
+    everywhere_nan = Evidence(
+        _NanBeyondTwo(), BernoulliLikelihood(1), ones * torch.nan, ones.bool()
+    )
+    torch.testing.assert_close(
+        starting_means(everywhere_nan, torch.Generator().manual_seed(0)), torch.zeros(2, 2)
+    )
 
 
 def test_variational_families_bound_the_grid_evidence(toy_2d):

@@ -290,6 +290,9 @@ def starting_means(
     candidates = candidates.to(evidence.x.device)
     with torch.no_grad():
         log_joint = on_points(evidence.log_joint, candidates, evidence)
+    # a NaN would win argmax: count it as impossible, so a query with no finite candidate
+    # keeps the origin (the first of equal maxima)
+    log_joint = log_joint.masked_fill(log_joint.isnan(), -math.inf)
     return candidates[log_joint.argmax(0)]
 
 

@@ -100,7 +100,8 @@ class ConditionalPriorImputer(
         parameters below). A fitted afa imputer is used frozen, with no retraining; an
         unfitted one is cloned and fitted on ``fit``'s data.
     inference : {"planar", "gvi", "fcn", "hmc", "rejection", "pseudo_gibbs"}, default="planar"
-        ``"gvi"``: a full-covariance Gaussian (an affine map with a Cholesky factor).
+        ``"gvi"``: a full-covariance Gaussian (an affine map with a Cholesky factor), started
+        per row at the best of 1,024 prior draws for its evidence, scale 0.5.
         ``"planar"``: that affine map followed by ``n_layers`` planar layers. ``"fcn"``: the
         affine map plus a 64-unit tanh MLP with an exact Jacobian (latents of at most 16
         dimensions). Reference samplers of the same target: ``"hmc"`` (step size adapted in
