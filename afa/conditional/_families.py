@@ -42,6 +42,7 @@ class AffineFamily:
     def __init__(self, latent_dim: int) -> None:
         self.latent_dim = latent_dim
         self._rows, self._cols = torch.tril_indices(latent_dim, latent_dim)
+        self._on_diagonal = self._rows == self._cols  # of the packed lower triangle
         self.affine_parameters = latent_dim + len(self._rows)
         self.n_parameters = self.affine_parameters
 
@@ -53,14 +54,13 @@ class AffineFamily:
         """The parameters of ``N(loc, scale² I)`` for each row of ``loc``: ``(Q, P)``."""
         params = loc.new_zeros(loc.shape[0], self.n_parameters)
         params[:, : self.latent_dim] = loc
-        on_diagonal = (self._rows == self._cols).to(loc.device)
-        params[:, self.latent_dim :][:, on_diagonal] = math.log(scale)
+        params[:, self.latent_dim :][:, self._on_diagonal.to(loc.device)] = math.log(scale)
         return params
 
     def _split(self, params: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         L = self.latent_dim
         loc, packed = params[:, :L], params[:, L : self.affine_parameters]
-        on_diagonal = (self._rows == self._cols).to(params.device)
+        on_diagonal = self._on_diagonal.to(params.device)
         entries = torch.where(on_diagonal, packed.exp(), packed)
         tril = params.new_zeros(params.shape[0], L, L)
         tril[:, self._rows, self._cols] = entries
