@@ -114,10 +114,13 @@ class PlanarFamily(AffineFamily):
         wu = (w * u).sum(-1, keepdim=True)
         squared_norm = w.square().sum(-1, keepdim=True).clamp_min(1e-12)
         u_hat = u + (nn.functional.softplus(wu) - 1 - wu) * w / squared_norm
+        # one contiguous (Q, L) block per layer: broadcasting a strided slice is far slower
+        w_layers, u_layers = w.transpose(0, 1).contiguous(), u_hat.transpose(0, 1).contiguous()
+        b_layers = b.T.contiguous()
         activations = []
         for k in range(self.n_layers):
-            activation = torch.tanh((z * w[:, k]).sum(-1) + b[:, k])
-            z = z + u_hat[:, k] * activation.unsqueeze(-1)
+            activation = torch.tanh((z * w_layers[k]).sum(-1) + b_layers[k])
+            z = torch.addcmul(z, u_layers[k], activation.unsqueeze(-1))
             activations.append(activation)
         slopes = (1 - torch.stack(activations, -1).square()) * (w * u_hat).sum(-1)
         return z, log_det + torch.log1p(slopes.clamp_min(-1 + 1e-6)).sum(-1)
