@@ -269,6 +269,8 @@ def test_conditional_prior_tv_of_exact_draws_shrinks_with_more_draws():
 class _FailingSampler:
     """Stands in for an imputer whose C-ELBO call raises."""
 
+    inference = "rejection"
+
     def conditional_elbo(self, X, n_samples):
         raise RuntimeError("accepted fewer than 10 draws")
 
