@@ -229,7 +229,7 @@ def evaluate_method(
     """
     X, errors = queries.with_nan, {}
     nan = np.full(len(queries), np.nan)
-    # the variational fits take seconds: their timings are medians, as the ratio bar needs
+    # the variational fits take seconds: medians of repeated calls steady the batched ÷ single ratio
     repeats = settings.timing_repeats if imputer.inference in VARIATIONAL else 1
     measures = {
         "elbo": _attempt(
