@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import numbers
 from collections.abc import Iterator
 
 import numpy as np
@@ -28,6 +29,24 @@ def resolve_device(name: str) -> torch.device:
 def to_tensor(array: np.ndarray, device: torch.device) -> torch.Tensor:
     """Copy ``array`` into a float32 tensor on ``device`` (safe for read-only arrays)."""
     return torch.tensor(np.asarray(array, dtype=np.float32), device=device)
+
+
+def call_seed(random_state: int | np.random.RandomState | None) -> int | None:
+    """The seed of one call's draws from a ``random_state`` argument.
+
+    ``None`` stays ``None`` (the estimator's own seed, fixed at fit time); an int or numpy
+    integer is reduced modulo ``2**31 - 1``; a ``RandomState`` gives its next integer.
+    Anything else is a ``ValueError``.
+    """
+    if random_state is None:
+        return None
+    if isinstance(random_state, numbers.Integral) and not isinstance(random_state, bool):
+        return int(random_state) % (2**31 - 1)
+    if isinstance(random_state, np.random.RandomState):
+        return int(random_state.randint(0, 2**31 - 1))
+    raise ValueError(
+        f"random_state must be None, an integer or a numpy RandomState; got {random_state!r}."
+    )
 
 
 def standard_normal(shape: tuple[int, ...], seed: int, device: torch.device) -> torch.Tensor:

@@ -184,9 +184,14 @@ class Trainer:
         return total / x.shape[0]
 
     def record(self, values: dict[str, float]) -> None:
-        """Append one epoch's values to the history."""
-        for name, value in values.items():
-            self.history.setdefault(name, []).append(value)
+        """Append one epoch's values to the history, NaN for a quantity it lacks.
+
+        Every list keeps one entry per epoch, so the history stays a table even when a
+        later ``fit`` measures other things (say, no validation loss).
+        """
+        n_epochs = max((len(column) for column in self.history.values()), default=0)
+        for name in [*self.history, *(name for name in values if name not in self.history)]:
+            self.history.setdefault(name, [math.nan] * n_epochs).append(values.get(name, math.nan))
 
     def fit(
         self,

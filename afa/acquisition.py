@@ -6,7 +6,7 @@ import copy
 import math
 import numbers
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -20,7 +20,11 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 
 from afa._torch import resolve_device, seeded, standard_normal
 from afa._training import Trainer, TrainingSettings
-from afa.impute._posterior_matching import PosteriorMatchingImputer, describe_rows
+from afa.impute._posterior_matching import (
+    PosteriorMatchingImputer,
+    describe_rows,
+    is_scalar_nan,
+)
 from afa.masks import as_observed_mask, row_hash_uniforms
 from afa.models.lookahead import (
     CRITERIA,
@@ -106,6 +110,20 @@ def _as_group_list(groups, names: np.ndarray | None, n_features: int) -> list[tu
     return sorted(grouped + singles, key=min)
 
 
+def _is_positive_int(value: object) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool) and value >= 1
+
+
+def _is_fraction_range(value: object) -> bool:
+    """``(low, high)`` with ``0 <= low <= high <= 1``."""
+    if isinstance(value, str) or not isinstance(value, Sequence) or len(value) != 2:
+        return False
+    low, high = value
+    return all(isinstance(v, numbers.Real) and not isinstance(v, bool) for v in value) and bool(
+        0.0 <= low <= high <= 1.0
+    )
+
+
 def _column_index(column, names: np.ndarray | None, n_features: int, what: str) -> int:
     if isinstance(column, numbers.Integral) and not isinstance(column, bool):
         if not 0 <= column < n_features:
@@ -168,7 +186,9 @@ class LookaheadAcquirer(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
       posterior; for ``"entropy"`` ``H[q(z|x_o)] - mean_k H[q(z|x_o, x̂_k)]`` costs an
       encoder pass per draw and candidate (EDDI-style, slow), for ``"variance"`` the
       predictive covariance costs one decoder pass per draw;
-    - ``"random"``: a random available candidate (a baseline).
+    - ``"random"``: a random available candidate (a baseline). The draw depends only on
+      the row's values and ``random_state``, never on the rest of the batch, so identical
+      rows (e.g. new rows with nothing observed) get the same pick.
 
     With ``target`` the gain is about that column only: EDDI's reward (information about
     ``z`` that stays relevant to the target) for ``"entropy"``, the share of the target's
@@ -197,12 +217,17 @@ class LookaheadAcquirer(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
     groups : sequence of sequences of columns, default=None
         Columns acquired together (one test yielding several values), as indices or fitted
         column names. Ungrouped columns are single actions. Actions are ordered by their
-        first column (``actions_``).
+        smallest column (``actions_``), so without groups action ``j`` is column ``j``.
     target : int or str, default=None
-        A column to predict. It is never acquired, and gains measure information about it.
-    costs : array-like of shape (n_actions,), default=None
-        Cost of each action; decisions maximise gain per unit cost. None means unit costs.
-        ``acquire_next`` and ``acquire`` accept their own ``costs``.
+        A column to predict. It is never acquired (its action is never available), and
+        gains measure information about it.
+    costs : array-like of shape (n_actions,), dict or Series, default=None
+        Cost of each action; decisions maximise gain per unit cost, a negative gain
+        estimate counting as zero, and ties go to the cheaper action. An array follows
+        ``actions_`` (the target's own entry is never used); a dict or pandas Series is
+        keyed by column, index or fitted name, a group by any one of its columns, and may
+        leave out the target. None means unit costs. ``acquire_next`` and ``acquire``
+        accept their own ``costs``.
     min_gain : float, default=None
         Stopping rule: a row stops (``-1``) when its best expected gain (nats for
         ``"entropy"``, a share in [0, 1] for ``"variance"``) falls below this. Not applied
@@ -331,7 +356,7 @@ class LookaheadAcquirer(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
             "n_iter_no_change",
         ):
             value = getattr(self, name)
-            if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < 1:
+            if not _is_positive_int(value):
                 raise ValueError(f"{name} must be a positive integer; got {value!r}.")
         if not (isinstance(self.max_iter, str) and self.max_iter == "auto") and not (
             isinstance(self.max_iter, numbers.Integral) and self.max_iter >= 1
@@ -339,12 +364,29 @@ class LookaheadAcquirer(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
             raise ValueError(
                 f"max_iter must be a positive integer or 'auto'; got {self.max_iter!r}."
             )
-        low, high = self.observed_fraction
-        if not 0.0 <= low <= high <= 1.0:
+        if not _is_fraction_range(self.observed_fraction):
             raise ValueError(
                 f"observed_fraction must be (low, high) with 0 <= low <= high <= 1; got "
                 f"{self.observed_fraction!r}."
             )
+        if not (isinstance(self.hidden_layer_sizes, str) and self.hidden_layer_sizes == "auto"):
+            sizes = self.hidden_layer_sizes
+            if (
+                isinstance(sizes, str)
+                or not isinstance(sizes, Sequence)
+                or not sizes
+                or not all(_is_positive_int(size) for size in sizes)
+            ):
+                raise ValueError(
+                    "hidden_layer_sizes must be 'auto' or a non-empty sequence of positive "
+                    f"integers; got {sizes!r}."
+                )
+        if self.min_gain is not None and not (
+            isinstance(self.min_gain, numbers.Real)
+            and not isinstance(self.min_gain, bool)
+            and math.isfinite(self.min_gain)
+        ):
+            raise ValueError(f"min_gain must be None or a finite number; got {self.min_gain!r}.")
         if not 0.0 < self.validation_fraction < 1.0:
             raise ValueError(
                 f"validation_fraction must lie in (0, 1); got {self.validation_fraction!r}."
@@ -371,19 +413,73 @@ class LookaheadAcquirer(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
             return clone(imputer).fit(X_in)
         return imputer
 
+    def _check_imputer_columns(self) -> None:
+        """The imputer must read the same columns, in the same order, as ``X``."""
+        if self.imputer_.n_features_in_ != self.n_features_in_:
+            raise ValueError(
+                f"The imputer was fitted on {self.imputer_.n_features_in_} features but X has "
+                f"{self.n_features_in_}."
+            )
+        ours = getattr(self, "feature_names_in_", None)
+        theirs = getattr(self.imputer_, "feature_names_in_", None)
+        if ours is not None and theirs is not None and not np.array_equal(ours, theirs):
+            raise ValueError(
+                "X's columns differ from those the imputer was fitted on (names or order): "
+                f"{list(ours)} against {list(theirs)}. Reorder X as the imputer's columns."
+            )
+        if not is_scalar_nan(self.imputer_.missing_values):
+            raise ValueError(
+                "LookaheadAcquirer marks entries not yet acquired with NaN; an imputer with "
+                f"missing_values={self.imputer_.missing_values!r} is not supported. Use "
+                "missing_values=np.nan."
+            )
+
     def _resolve_costs(self, costs) -> np.ndarray:
         costs = self.costs if costs is None else costs
         if costs is None:
             return np.ones(len(self.actions_))
-        costs = np.asarray(costs, dtype=np.float64)
+        if isinstance(costs, (Mapping, pd.Series)):
+            costs = self._costs_by_column(costs)
+        try:
+            costs = np.asarray(costs, dtype=np.float64)
+        except (TypeError, ValueError) as error:
+            raise ValueError(f"costs must be numbers; {error}.") from None
         if costs.shape != (len(self.actions_),):
             raise ValueError(
                 f"costs must have one entry per action ({len(self.actions_)}: the columns, with "
-                f"each group counted once); got shape {costs.shape}."
+                f"each group counted once, in the order of actions_), or be a dict or Series "
+                f"keyed by column; got shape {costs.shape}."
             )
         if not np.all(np.isfinite(costs)) or np.any(costs <= 0):
             raise ValueError("costs must be finite and positive.")
         return costs
+
+    def _costs_by_column(self, costs: Mapping | pd.Series) -> np.ndarray:
+        """Costs in ``actions_`` order from a mapping keyed by column (a group by any one
+        of its columns); the target's own action, never acquired, may be left out."""
+        names = getattr(self, "feature_names_in_", None)
+        action_of = {column: a for a, columns in enumerate(self.actions_) for column in columns}
+        resolved: dict[int, object] = {}
+        for key, value in costs.items():
+            action = action_of[_column_index(key, names, self.n_features_in_, "costs")]
+            if action in resolved:
+                raise ValueError(
+                    f"costs gives the action {self._describe(action)} two costs; key a group "
+                    "by one of its columns only."
+                )
+            resolved[action] = value
+        if self.target_index_ is not None:
+            resolved.setdefault(action_of[self.target_index_], 1.0)  # never used
+        missing = [self._describe(a) for a in range(len(self.actions_)) if a not in resolved]
+        if missing:
+            raise ValueError(f"costs has no entry for the actions {', '.join(missing)}.")
+        return np.array([resolved[a] for a in range(len(self.actions_))], dtype=object)
+
+    def _describe(self, action: int) -> str:
+        """An action's columns, by name when the estimator knows them."""
+        names = getattr(self, "feature_names_in_", None)
+        columns = [str(names[c]) if names is not None else str(c) for c in self.actions_[action]]
+        return "(" + ", ".join(columns) + ")"
 
     def _action_matrix(self) -> np.ndarray:
         """(A, d) bool: the columns each action reveals."""
@@ -430,21 +526,18 @@ class LookaheadAcquirer(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
             int(s) for s in random_state.randint(0, 2**31 - 1, size=3)
         )
         self.imputer_ = self._resolve_imputer(X_in)
-        if self.imputer_.n_features_in_ != self.n_features_in_:
-            raise ValueError(
-                f"The imputer was fitted on {self.imputer_.n_features_in_} features but X has "
-                f"{self.n_features_in_}."
-            )
+        self._check_imputer_columns()
         names = getattr(self, "feature_names_in_", None)
         self.target_index_ = (
             None if self.target is None else _column_index(self.target, names, X.shape[1], "target")
         )
-        self.actions_ = _as_group_list(self.groups or (), names, X.shape[1])
+        self.actions_ = _as_group_list(
+            () if self.groups is None else self.groups, names, X.shape[1]
+        )
         if self.target_index_ is not None:
             for group in self.actions_:
                 if self.target_index_ in group and len(group) > 1:
                     raise ValueError("The target column must not be part of a group.")
-            self.actions_ = [g for g in self.actions_ if g != (self.target_index_,)]
         self._resolve_costs(None)
         self.lookahead_ = None
         self.lookahead_criterion_ = None
@@ -484,6 +577,11 @@ class LookaheadAcquirer(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
         order = torch.as_tensor(
             np.random.default_rng(self._training_seed_).permutation(X.shape[0]), device=x.device
         )
+        if X.shape[0] <= n_validation:
+            raise ValueError(
+                f"Training the lookahead network needs at least {n_validation + 1} rows "
+                f"(early_stopping holds out {n_validation}); got {X.shape[0]}."
+            )
         validation, train = order[:n_validation], order[n_validation:]
         max_iter = self.max_iter
         if max_iter == "auto":
@@ -633,12 +731,17 @@ class LookaheadAcquirer(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
             allowed = available
         else:
             gains = self._gains(X, observed, strategy)
-            scores = gains / costs[None, :]
+            # an expected gain is never negative in theory; a negative estimate counts as
+            # none, so that it is not "improved" by a higher cost
+            scores = np.maximum(gains, 0.0) / costs[None, :]
             allowed = np.isfinite(gains)
             if self.min_gain is not None:
                 allowed &= gains >= self.min_gain
         allowed &= costs[None, :] <= budget[:, None] + 1e-12
-        choice = np.where(allowed, scores, -np.inf).argmax(axis=1)
+        scores = np.where(allowed, scores, -np.inf)
+        # among the best scores (all zero when nothing is expected to help), the cheapest
+        best = allowed & (scores == scores.max(axis=1, keepdims=True))
+        choice = np.where(best, costs[None, :], np.inf).argmin(axis=1)
         choice = np.where(allowed.any(axis=1), choice, -1)
         chosen_gain = np.where(choice >= 0, gains[np.arange(len(choice)), choice], np.nan)
         return choice, chosen_gain
@@ -646,7 +749,13 @@ class LookaheadAcquirer(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
     def _budget(self, budget, n_rows: int) -> np.ndarray:
         if budget is None:
             return np.full(n_rows, np.inf)
-        budget = np.broadcast_to(np.asarray(budget, dtype=np.float64), (n_rows,)).copy()
+        budget = np.asarray(budget, dtype=np.float64)
+        if budget.shape not in {(), (n_rows,)}:
+            raise ValueError(
+                f"budget must be a scalar or one value per row ({n_rows}); got shape "
+                f"{budget.shape}."
+            )
+        budget = np.broadcast_to(budget, (n_rows,)).copy()
         if np.isnan(budget).any() or (budget < 0).any():
             raise ValueError("budget must be non-negative (a scalar or one value per row).")
         return budget
@@ -668,8 +777,8 @@ class LookaheadAcquirer(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
         Returns
         -------
         ndarray of shape (n, n_actions)
-            ``-inf`` where the action would reveal nothing new (already observed). Without
-            groups, action ``j`` is column ``j`` (the target column, if any, is dropped).
+            ``-inf`` where the action would reveal nothing new (already observed) or would
+            reveal the target. Without groups, action ``j`` is column ``j``.
         """
         X, observed = self._validate_partial(X_partial)
         strategy = self._strategy(strategy)
@@ -688,8 +797,8 @@ class LookaheadAcquirer(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
             NaN = not yet acquired.
         strategy : {"lookahead", "sampling", "random"}, optional
             Overrides the estimator's strategy for this call.
-        costs : array-like of shape (n_actions,), optional
-            Overrides the estimator's ``costs``.
+        costs : array-like of shape (n_actions,), dict or Series, optional
+            Overrides the estimator's ``costs`` (same forms).
         budget : float or array-like of shape (n,), optional
             Remaining budget per row; actions costing more are not chosen.
 
@@ -729,7 +838,8 @@ class LookaheadAcquirer(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
             Maximum steps; default as many as there are actions.
         budget : float or array-like of shape (n,), optional
             Total budget per row.
-        costs : array-like of shape (n_actions,), optional
+        costs : array-like of shape (n_actions,), dict or Series, optional
+            Overrides the estimator's ``costs`` (same forms).
         initial_mask : bool array-like of shape (n, d), optional
             Entries observed at the start (True = observed).
         strategy : {"lookahead", "sampling", "random"}, optional
@@ -739,7 +849,15 @@ class LookaheadAcquirer(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
         AcquisitionPath
         """
         check_is_fitted(self)
-        X = validate_data(self, X_full, reset=False, dtype=[np.float64, np.float32])
+        X = validate_data(
+            self, X_full, reset=False, dtype=[np.float64, np.float32], ensure_all_finite="allow-nan"
+        )
+        if np.isnan(X).any():
+            raise ValueError(
+                "X_full must be complete: acquire reveals true values, and rows "
+                f"{describe_rows(np.flatnonzero(np.isnan(X).any(axis=1)))} have NaN. Use "
+                "acquire_next for partially observed rows."
+            )
         strategy = self._strategy(strategy)
         costs = self._resolve_costs(costs)
         n_steps = len(self.actions_) if n_steps is None else n_steps

@@ -36,7 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress (INFO)")
     parser.add_argument(
         "--threads",
-        type=int,
+        type=_positive_int,
         default=DEFAULT_THREADS,
         help=f"torch CPU threads (default: {DEFAULT_THREADS})",
     )
@@ -51,6 +51,17 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--random-state", type=int, default=0, help="seed (default: 0)")
     demo.set_defaults(run=_demo)
     return parser
+
+
+def _positive_int(text: str) -> int:
+    """An argparse type: a positive integer, or a usage error naming the value."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer; got {text!r}")
+    return value
 
 
 def _demo(args: argparse.Namespace) -> None:

@@ -66,7 +66,7 @@ def probability_of_malignancy(acquirer: LookaheadAcquirer, partial: pd.DataFrame
     return np.clip(imputed["malignant"].to_numpy(), 0.0, 1.0)
 
 
-def one_patient(acquirer: LookaheadAcquirer, patient: pd.Series, costs: np.ndarray) -> None:
+def one_patient(acquirer: LookaheadAcquirer, patient: pd.Series, costs: dict[str, float]) -> None:
     """Order tests for one patient until the prediction is confident."""
     names = action_names(acquirer)
     partial = pd.DataFrame(np.nan, index=[patient.name], columns=patient.index)
@@ -84,14 +84,15 @@ def one_patient(acquirer: LookaheadAcquirer, patient: pd.Series, costs: np.ndarr
             return
         columns = list(acquirer.actions_[action])
         partial.iloc[0, columns] = patient.iloc[columns].to_numpy()
-        spent += costs[action]
+        spent += COSTS[names[action]]
         print(
             f"  P(malignant) = {probability:.2f} -> order {names[action]!r} "
-            f"(cost {costs[action]:g}, expected to remove {gains[action]:.0%} of the variance)"
+            f"(cost {COSTS[names[action]]:g}, expected to remove {gains[action]:.0%} of the "
+            "variance)"
         )
 
 
-def global_order(acquirer: LookaheadAcquirer, costs: np.ndarray) -> np.ndarray:
+def global_order(acquirer: LookaheadAcquirer, costs: dict[str, float]) -> np.ndarray:
     """One fixed order for everyone: greedy gain per cost from an empty record, then onward."""
     partial = pd.DataFrame(np.nan, index=[0], columns=acquirer.feature_names_in_)
     order = []
@@ -102,18 +103,19 @@ def global_order(acquirer: LookaheadAcquirer, costs: np.ndarray) -> np.ndarray:
 
 
 def fixed_order_curve(
-    acquirer: LookaheadAcquirer, test: pd.DataFrame, order: np.ndarray, costs: np.ndarray
+    acquirer: LookaheadAcquirer, test: pd.DataFrame, order: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray]:
     """Mean cost and accuracy after each step of the same order for every patient."""
     observed = np.zeros(test.shape, dtype=bool)
     truth = test["malignant"].to_numpy() > 0.5
+    names = action_names(acquirer)
     spent, accuracy = [0.0], []
     for step in range(len(order) + 1):
         partial = test.where(observed)
         accuracy.append(np.mean((probability_of_malignancy(acquirer, partial) > 0.5) == truth))
         if step < len(order):
             observed[:, list(acquirer.actions_[order[step]])] = True
-            spent.append(spent[-1] + costs[order[step]])
+            spent.append(spent[-1] + COSTS[names[order[step]]])
     return np.array(spent), np.array(accuracy)
 
 
@@ -144,7 +146,8 @@ def main(argv: list[str] | None = None) -> None:
         groups=test_groups(table.columns),
         random_state=0,
     ).fit(train)
-    costs = np.array([COSTS[name] for name in action_names(acquirer)])
+    # keyed by column: a test's cost under any one of its columns (the target needs none)
+    costs = {f"mean {name}": cost for name, cost in COSTS.items()}
 
     one_patient(acquirer, test[test["malignant"] == 1].iloc[0], costs)
 
@@ -153,7 +156,7 @@ def main(argv: list[str] | None = None) -> None:
         "random order": path_curve(
             acquirer, test, acquirer.acquire(test, costs=costs, strategy="random")
         ),
-        "one global order": fixed_order_curve(acquirer, test, global_order(acquirer, costs), costs),
+        "one global order": fixed_order_curve(acquirer, test, global_order(acquirer, costs)),
     }
     print("\nAccuracy against mean cost spent (test patients):")
     for name, (spent, accuracy) in curves.items():

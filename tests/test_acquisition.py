@@ -242,12 +242,15 @@ def test_target_is_never_acquired_and_directs_acquisition(imputer, key_data):
         lookahead_samples=16,
         random_state=0,
     ).fit(key_data)
-    assert (4,) not in acq.actions_
+    assert acq.actions_ == [(c,) for c in range(D)]  # action j is column j
     empty = np.full((1, D), np.nan)
     for strategy in ("sampling", "lookahead"):
         gains = acq.information_gain(empty, strategy=strategy)
-        assert gains.shape == (1, D - 1)
+        assert gains.shape == (1, D)
+        assert gains[0, 4] == -np.inf
         assert np.argmax(gains[0]) == 0
+    for strategy in ("sampling", "lookahead", "random"):
+        assert acq.acquire_next(np.full((3, D), np.nan), strategy=strategy).max() < 4
     path = acq.acquire(key_data[:5], strategy="sampling")
     assert not path.masks[:, :, 4].any()
     assert path.target_errors.shape == (path.n_steps + 1, 5)
@@ -348,7 +351,8 @@ def test_variance_target_gains_point_at_the_key_feature(imputer, key_data):
         imputer=imputer, strategy="sampling", criterion="variance", target=4
     ).fit(key_data)
     gains = acq.information_gain(np.full((1, D), np.nan))
-    assert gains.shape == (1, D - 1)
+    assert gains.shape == (1, D)
+    assert gains[0, 4] == -np.inf
     assert np.argmax(gains[0]) == 0
 
 
@@ -415,7 +419,16 @@ def test_lookahead_needs_the_network(imputer, key_data):
         ({"costs": [1.0, 2.0]}, "one entry per action"),
         ({"costs": [1.0, -1.0, 1.0, 1.0, 1.0]}, "finite and positive"),
         ({"observed_fraction": (0.5, 0.2)}, "observed_fraction"),
+        ({"observed_fraction": (0.5,)}, "observed_fraction"),
         ({"imputer": "pm"}, "PosteriorMatchingImputer"),
+        ({"min_gain": float("nan")}, "min_gain must be None or a finite number"),
+        ({"min_gain": True}, "min_gain must be None or a finite number"),
+        ({"min_gain": "0.1"}, "min_gain must be None or a finite number"),
+        ({"hidden_layer_sizes": ()}, "hidden_layer_sizes must be"),
+        ({"hidden_layer_sizes": (8, 0)}, "hidden_layer_sizes must be"),
+        ({"costs": {"x": 1.0}}, "costs: unknown column 'x'"),
+        ({"costs": {0: 1.0, 1: 2.0}}, r"no entry for the actions \(2\), \(3\), \(4\)"),
+        ({"costs": ["a", 1.0, 1.0, 1.0, 1.0]}, "costs must be numbers"),
     ],
 )
 def test_bad_parameters_raise_clear_errors(imputer, key_data, params, message):
@@ -433,6 +446,10 @@ def test_bad_inputs_raise_clear_errors(acquirer, key_data):
         acquirer.acquire(key_data[:3], initial_mask=np.zeros((2, D), bool))
     with pytest.raises(ValueError, match="budget"):
         acquirer.acquire_next(np.full((1, D), np.nan), budget=-1.0)
+    with pytest.raises(ValueError, match=r"one value per row \(2\); got shape \(3,\)"):
+        acquirer.acquire_next(np.full((2, D), np.nan), budget=[1.0, 2.0, 3.0])
+    with pytest.raises(ValueError, match=r"X_full must be complete.*\[0, 1, 2\]"):
+        acquirer.acquire(partial_rows(key_data[:3]))
     with pytest.raises(ValueError, match="random' has no information gain"):
         acquirer.information_gain(np.full((1, D), np.nan), strategy="random")
 
@@ -448,9 +465,68 @@ def test_column_names_for_target_and_groups(imputer, key_data):
         random_state=0,
     ).fit(frame)
     assert acq.target_index_ == 4
-    assert acq.actions_ == [(0,), (1, 3), (2,)]
+    assert acq.actions_ == [(0,), (1, 3), (2,), (4,)]
     path = acq.acquire(frame.iloc[:3], n_steps=2)
     assert path.imputations.shape == (3, 3, D)
     assert isinstance(acq.transform(frame.iloc[:3]), pd.DataFrame)
     with pytest.raises(ValueError, match="unknown column 'age'"):
         LookaheadAcquirer(imputer=imputer, strategy="sampling", target="age").fit(frame)
+
+
+def test_a_negative_gain_is_not_improved_by_a_higher_cost(acquirer, monkeypatch):
+    """Negative estimates (possible for "entropy") count as no gain: the cheapest such
+    action wins, not the one whose negative gain a large cost shrinks the most."""
+    gains = np.array([[-0.27, -2.74, -0.47, -np.inf, -np.inf], [0.4, 0.3, -0.1, 0.2, -np.inf]])
+    monkeypatch.setattr(acquirer, "_gains", lambda X, observed, strategy: gains)
+    costs = np.array([1000.0, 2.0, 1.0, 1.0, 1.0])
+    choice = acquirer.acquire_next(np.full((2, D), np.nan), strategy="sampling", costs=costs)
+    assert choice.tolist() == [2, 3]  # row 1: 0.2 per unit cost beats 0.15 and 0.0004
+
+
+def test_costs_keyed_by_column_match_the_array(imputer, key_data):
+    frame = pd.DataFrame(key_data, columns=["key", "a", "b", "c", "diagnosis"])
+    acq = LookaheadAcquirer(
+        imputer=PosteriorMatchingImputer(latent_dim=1, hidden_layer_sizes=(8,), max_iter=2),
+        strategy="sampling",
+        groups=[["a", "c"]],
+        target="diagnosis",
+        random_state=0,
+    ).fit(frame)
+    partial = frame.iloc[:6].where(np.random.default_rng(0).random((6, D)) < 0.3)
+    partial["diagnosis"] = np.nan
+    array = np.array([4.0, 1.0, 3.0, 99.0])  # actions (key), (a, c), (b), (diagnosis)
+    by_name = pd.Series({"b": 3.0, "key": 4.0, "c": 1.0})  # a group by any one column
+    expected = acq.acquire_next(partial, costs=array)
+    assert acq.acquire_next(partial, costs=by_name).tolist() == expected.tolist()
+    assert acq.acquire_next(partial, costs=dict(by_name)).tolist() == expected.tolist()
+    by_index = {0: 4.0, 1: 1.0, 2: 3.0}
+    assert acq.acquire_next(partial, costs=by_index).tolist() == expected.tolist()
+    with pytest.raises(ValueError, match=r"action \(a, c\) two costs"):
+        acq.acquire_next(partial, costs={"key": 4.0, "a": 1.0, "c": 1.0, "b": 3.0})
+
+
+def test_an_imputer_fitted_on_other_columns_is_refused(key_data):
+    names = ["key", "a", "b", "c", "d"]
+    frame = pd.DataFrame(key_data, columns=names)
+    imputer = PosteriorMatchingImputer(latent_dim=1, hidden_layer_sizes=(8,), max_iter=2)
+    imputer.fit(frame)
+    with pytest.raises(ValueError, match="columns differ from those the imputer"):
+        LookaheadAcquirer(imputer=imputer, strategy="sampling").fit(frame[names[::-1]])
+
+
+def test_an_imputer_with_another_missing_marker_is_refused(key_data):
+    imputer = PosteriorMatchingImputer(
+        missing_values=-1.0, latent_dim=1, hidden_layer_sizes=(8,), max_iter=2
+    )
+    with pytest.raises(ValueError, match="missing_values=-1.0 is not supported"):
+        LookaheadAcquirer(imputer=imputer, strategy="sampling").fit(key_data)
+
+
+def test_groups_may_be_a_numpy_array(imputer, key_data):
+    acq = LookaheadAcquirer(imputer=imputer, strategy="sampling", groups=np.array([[1, 3]]))
+    assert acq.fit(key_data).actions_ == [(0,), (1, 3), (2,), (4,)]
+
+
+def test_lookahead_training_needs_a_row_beyond_the_validation_split(imputer, key_data):
+    with pytest.raises(ValueError, match="needs at least 2 rows"):
+        LookaheadAcquirer(imputer=imputer, max_iter=1).fit(key_data[:1])

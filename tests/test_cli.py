@@ -37,6 +37,14 @@ def test_a_command_is_required(capsys):
     assert "COMMAND" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("threads", ["0", "-1", "two"])
+def test_threads_must_be_a_positive_integer(capsys, threads):
+    with pytest.raises(SystemExit) as stop:
+        main(["--threads", threads, "demo"])
+    assert stop.value.code == 2
+    assert f"--threads: must be a positive integer; got '{threads}'" in capsys.readouterr().err
+
+
 def test_demo_arguments():
     args = build_parser().parse_args(["-v", "demo", "--random-state", "7"])
     assert (args.command, args.random_state, args.verbose) == ("demo", 7, True)

@@ -12,6 +12,8 @@ from conftest import make_data
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
+from sklearn.base import clone
+from sklearn.frozen import FrozenEstimator
 from torch import nn
 
 from afa import ConditionalPriorImputer, PosteriorMatchingImputer
@@ -490,6 +492,8 @@ def test_pickled_imputer_gives_the_same_answers(base, data):
         (dict(n_layers=0), ValueError, "n_layers must be a positive integer"),
         (dict(tol=-1.0), ValueError, "tol must be a positive number"),
         (dict(base="vae"), TypeError, "base must be None"),
+        (dict(max_epochs=-1), ValueError, "max_epochs must be a positive integer or 'auto'"),
+        (dict(n_noise=2), ValueError, r"n_noise must exceed the VAE's latent dimension \(2\)"),
     ],
 )
 def test_bad_parameters_are_named(base, data, options, error, message):
@@ -510,6 +514,40 @@ def test_methods_needing_small_latents_say_so(data):
 def test_columns_must_match_the_base(base, data):
     with pytest.raises(ValueError, match="features"):
         _imputer(base).fit(data[:, :3])
+    imputer = _imputer(base, inference="gvi").fit(data)
+    with pytest.raises(ValueError, match="ConditionalPriorImputer is expecting 4 features"):
+        imputer.transform(data[:2, :3])
+
+
+def test_a_frozen_base_survives_clone(base, data):
+    """Pipelines and searches clone their steps: FrozenEstimator keeps the VAE as fitted."""
+    imputer = clone(_imputer(FrozenEstimator(base), inference="gvi")).fit(data)
+    assert imputer.base_ is base
+    _, _, X_nan = _queries(data)
+    expected = _imputer(base, inference="gvi").fit(data).transform(X_nan)
+    np.testing.assert_allclose(imputer.transform(X_nan), expected)
+
+
+def test_parameters_changed_after_fit_are_checked_again(base, data):
+    imputer = _imputer(base, inference="gvi").fit(data)
+    imputer.set_params(inference="bogus")
+    with pytest.raises(ValueError, match="inference must be one of"):
+        imputer.transform(_queries(data)[2])
+
+
+def test_sample_seeds_may_be_numpy_integers_or_random_states(base, data):
+    imputer = _imputer(base, inference="gvi").fit(data)
+    X_nan = _queries(data)[2]
+    by_int = imputer.sample(X_nan, 3, random_state=7)
+    np.testing.assert_array_equal(imputer.sample(X_nan, 3, random_state=np.int64(7)), by_int)
+    assert np.isfinite(imputer.sample(X_nan, 3, random_state=2**64 - 2)).all()
+    state = np.random.RandomState(0)
+    first, second = (imputer.sample(X_nan, 3, random_state=state) for _ in range(2))
+    assert not np.array_equal(first, second)  # the state advances, as numpy's would
+    posteriors = imputer.condition(X_nan)
+    assert posteriors.latents(4, random_state=np.int32(3)).shape == (4, 6, 2)
+    with pytest.raises(ValueError, match="random_state must be None, an integer"):
+        imputer.sample(X_nan, 3, random_state="seed")
 
 
 @settings(

@@ -146,6 +146,14 @@ def test_bad_n_samples_in_score_conditional(fitted, data):
         ({"max_grad_norm": 0.0}, "max_grad_norm must be a positive number or None"),
         ({"max_grad_norm": True}, "max_grad_norm must be a positive number or None"),
         ({"device": "tpu"}, "device must be"),
+        ({"dropout": "high"}, "dropout must be 'auto' or a number in"),
+        ({"dropout": 1.0}, "dropout must be 'auto' or a number in"),
+        ({"weight_decay": -1.0}, "weight_decay must be 'auto' or a number >= 0"),
+        ({"weight_decay": "x"}, "weight_decay must be 'auto' or a number >= 0"),
+        ({"pm_weight": -1.0}, "pm_weight must be a finite number >= 0"),
+        ({"tol": float("nan")}, "tol must be a finite number >= 0"),
+        ({"tol": -1.0}, "tol must be a finite number >= 0"),
+        ({"n_samples": True}, "n_samples must be a positive integer"),
     ],
     ids=lambda v: str(v) if isinstance(v, str) else None,
 )
@@ -195,3 +203,28 @@ def test_training_divergence_raises(data):
     X = data.copy()
     with pytest.raises(TrainingDivergedError, match="learning_rate_init"):
         tiny_imputer(learning_rate_init=1e30, early_stopping=False, max_iter=3).fit(X)
+
+
+def test_n_samples_changed_after_fit_is_checked(data, data_nan):
+    imp = tiny_imputer().fit(data)
+    imp.set_params(n_samples=0)
+    with pytest.raises(ValueError, match="n_samples must be a positive integer; got 0"):
+        imp.transform(data_nan[:3])
+    with pytest.raises(ValueError, match="n_samples must be a positive integer; got 0"):
+        imp.score(data[:3])
+
+
+def test_values_beyond_float32_are_refused_by_row(fitted, data_nan):
+    X = data_nan[:4].copy()
+    X[2, 0] = 1e39
+    with pytest.raises(ValueError, match=r"Rows \[2\].*float32"):
+        fitted.transform(X)
+
+
+def test_sample_seed_of_a_wrong_type(fitted, data_nan):
+    np.testing.assert_array_equal(
+        fitted.sample(data_nan[:3], 2, random_state=np.int64(4)),
+        fitted.sample(data_nan[:3], 2, random_state=4),
+    )
+    with pytest.raises(ValueError, match="random_state must be None, an integer"):
+        fitted.sample(data_nan[:3], 2, random_state=1.5)

@@ -139,6 +139,18 @@ def test_history_with_validation_and_epoch_means():
     assert trainer.history["pm"] == [1.0, 1.0, 1.0]  # row-weighted means of a constant
 
 
+def test_history_stays_a_table_when_a_later_fit_measures_other_things():
+    trainer = Trainer(QuadraticModel(), _settings(early_stopping=False), seed=0)
+    x, mask = _data(40)
+    trainer.fit((x, mask), None, n_epochs=2)
+    trainer.fit((x[:30], mask[:30]), (x[30:], mask[30:]), n_epochs=2)
+    trainer.fit((x, mask), None, n_epochs=1)
+    assert {len(v) for v in trainer.history.values()} == {5}
+    validation = trainer.history["val_loss"]
+    assert math.isnan(validation[0]) and math.isnan(validation[1]) and math.isnan(validation[4])
+    assert all(math.isfinite(v) for v in validation[2:4])
+
+
 def test_empty_validation_set_is_ignored():
     trainer = Trainer(QuadraticModel(), _settings(), seed=0)
     x, mask = _data()

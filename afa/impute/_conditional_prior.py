@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import math
 import numbers
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 from sklearn.base import BaseEstimator, OneToOneFeatureMixin, TransformerMixin, clone
+from sklearn.frozen import FrozenEstimator
 from sklearn.utils import check_random_state
-from sklearn.utils.validation import check_is_fitted
+from sklearn.utils.validation import check_is_fitted, validate_data
 
-from afa._torch import standard_normal
+from afa._torch import call_seed, standard_normal
 from afa.conditional import (
     FAMILIES,
     MAX_FCN_LATENT,
@@ -69,16 +71,19 @@ class QueryPosteriors:
     def __len__(self) -> int:
         return len(self.evidence)
 
-    def latents(self, n_samples: int, random_state: int | None = None) -> np.ndarray:
+    def latents(
+        self, n_samples: int, random_state: int | np.random.RandomState | None = None
+    ) -> np.ndarray:
         """``n_samples`` draws of ``z`` per row: shape ``(n_samples, n, latent_dim)``.
 
         Parameters
         ----------
         n_samples : int
-        random_state : int or None, default=None
+        random_state : int, RandomState or None, default=None
             Seed of the draws; ``None`` uses the imputer's seed (repeatable draws).
         """
-        return self.imputer._draw_latents(self, n_samples, random_state).cpu().numpy()
+        seed = call_seed(random_state)
+        return self.imputer._draw_latents(self, n_samples, seed).cpu().numpy()
 
 
 class ConditionalPriorImputer(
@@ -90,15 +95,20 @@ class ConditionalPriorImputer(
     conditional prior network ``z = f(ε)`` fitted to maximise the conditional ELBO against the
     frozen decoder (Wu, Domke & Sanner, 2018), or sampled by a reference sampler. Latents are
     then decoded to impute, sample and score the unobserved entries. All rows of a call are
-    fitted as one batched problem with independent losses and per-row convergence, so a row's
-    answer does not depend on the other rows (up to the optimiser's tolerance).
+    fitted as one batched problem with independent losses and per-row convergence, so with
+    ``"gvi"``, ``"planar"`` and ``"fcn"`` a row's answer does not depend on the other rows (up
+    to the optimiser's tolerance). The reference samplers draw one random stream per call:
+    a row's Monte Carlo answer then varies with its batch, within its Monte Carlo error.
 
     Parameters
     ----------
-    base : PosteriorMatchingImputer, ConditionalPriorImputer or None, default=None
+    base : PosteriorMatchingImputer, ConditionalPriorImputer, FrozenEstimator or None, \
+default=None
         The VAE to condition. ``None`` fits one in ``fit`` with the plain ELBO (the VAE
         parameters below). A fitted afa imputer is used frozen, with no retraining; an
-        unfitted one is cloned and fitted on ``fit``'s data.
+        unfitted one is cloned and fitted on ``fit``'s data. ``clone`` (as in a Pipeline,
+        cross-validation or a search) makes an unfitted copy of ``base``: wrap a fitted
+        base in ``sklearn.frozen.FrozenEstimator`` to keep it frozen there too.
     inference : {"planar", "gvi", "fcn", "hmc", "rejection", "pseudo_gibbs"}, default="planar"
         ``"gvi"``: a full-covariance Gaussian (an affine map with a Cholesky factor), started
         per row at the best of 1,024 prior draws for its evidence, scale 0.5.
@@ -236,14 +246,22 @@ learning_rate_init, early_stopping : see :class:`PosteriorMatchingImputer`
             if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"{name} must be a positive integer; got {value!r}.")
         for name in ("tol", "learning_rate"):
-            if not (isinstance(getattr(self, name), numbers.Real) and getattr(self, name) > 0):
-                raise ValueError(f"{name} must be a positive number; got {getattr(self, name)!r}.")
-        if self.base is not None and not isinstance(
-            self.base, (PosteriorMatchingImputer, ConditionalPriorImputer)
+            value = getattr(self, name)
+            if not (isinstance(value, numbers.Real) and not isinstance(value, bool) and value > 0):
+                raise ValueError(f"{name} must be a positive number; got {value!r}.")
+        for name in ("max_epochs", "batch_size", "latent_dim"):  # passed on to the own VAE
+            value = getattr(self, name)
+            if not (isinstance(value, str) and value == "auto") and not (
+                isinstance(value, numbers.Integral) and not isinstance(value, bool) and value >= 1
+            ):
+                raise ValueError(f"{name} must be a positive integer or 'auto'; got {value!r}.")
+        base = self.base.estimator if isinstance(self.base, FrozenEstimator) else self.base
+        if base is not None and not isinstance(
+            base, (PosteriorMatchingImputer, ConditionalPriorImputer)
         ):
             raise TypeError(
-                "base must be None, a PosteriorMatchingImputer or a ConditionalPriorImputer; "
-                f"got {type(self.base).__name__}."
+                "base must be None or a PosteriorMatchingImputer or ConditionalPriorImputer "
+                f"(optionally in a FrozenEstimator); got {type(base).__name__}."
             )
 
     def _own_base(self) -> PosteriorMatchingImputer:
@@ -267,6 +285,9 @@ learning_rate_init, early_stopping : see :class:`PosteriorMatchingImputer`
 
     def _fitted_base(self, X) -> PosteriorMatchingImputer:
         base = self.base
+        if isinstance(base, FrozenEstimator):
+            base = base.estimator
+            check_is_fitted(base)
         if base is None:
             return self._own_base().fit(X)
         if isinstance(base, ConditionalPriorImputer):
@@ -309,12 +330,29 @@ learning_rate_init, early_stopping : see :class:`PosteriorMatchingImputer`
                 f"inference='rejection' needs a latent of at most 2 dimensions; the VAE has "
                 f"{latent_dim}. Use 'hmc'."
             )
+        if self.inference in _VARIATIONAL and self.n_noise <= latent_dim:
+            raise ValueError(
+                f"n_noise must exceed the VAE's latent dimension ({latent_dim}) to whiten the "
+                f"noise batch; got {self.n_noise}."
+            )
         return self
+
+    def _validate(self, X, *, reset: bool = False) -> tuple[np.ndarray, np.ndarray]:
+        """The base's validated array and observed mask; column errors name this estimator.
+
+        Parameters changed by ``set_params`` since ``fit`` are checked again.
+        """
+        check_is_fitted(self)
+        self._check_params()
+        if len(getattr(X, "shape", ())) == 2:  # the full check below handles everything else
+            validate_data(self, X, reset=False, skip_check_array=True)
+        with warnings.catch_warnings():  # the names were just checked (and warned about)
+            warnings.filterwarnings("ignore", message=".*feature names", category=UserWarning)
+            return self.base_._validate(X, reset=False)
 
     # ------------------------------------------------------------------ inference
     def _evidence(self, X) -> tuple[np.ndarray, np.ndarray, Evidence]:
-        check_is_fitted(self)
-        X, observed = self.base_._validate(X, reset=False)
+        X, observed = self._validate(X)
         x, mask = self.base_._tensors(X, observed)
         model = self.base_._model()
         return X, observed, Evidence(model.decoder, model.likelihood, x, mask)
@@ -442,14 +480,16 @@ learning_rate_init, early_stopping : see :class:`PosteriorMatchingImputer`
         result = np.where(observed, X, self._to_data_units(means[0]).astype(X.dtype))
         return self.base_._wrap_like(result, X_in)
 
-    def sample(self, X, n_samples: int = 10, random_state: int | None = None) -> np.ndarray:
+    def sample(
+        self, X, n_samples: int = 10, random_state: int | np.random.RandomState | None = None
+    ) -> np.ndarray:
         """Multiple imputations: ``z`` from each row's conditional prior, then ``x ~ p(x | z)``.
 
         Parameters
         ----------
         X : array-like or DataFrame of shape (n, d)
         n_samples : int, default=10
-        random_state : int or None, default=None
+        random_state : int, RandomState or None, default=None
             Seed of the draws; ``None`` uses a seed fixed at fit time (repeatable draws).
 
         Returns
@@ -457,6 +497,7 @@ learning_rate_init, early_stopping : see :class:`PosteriorMatchingImputer`
         ndarray of shape (n_samples, n, d), in the input's dtype; observed entries kept
         """
         check_n_samples(n_samples)
+        random_state = call_seed(random_state)
         X, observed, evidence = self._evidence(X)
         z = self._latents(evidence, n_samples, random_state)
         draws = self._to_data_units(self._decode(evidence, z, True, random_state))
@@ -523,7 +564,7 @@ learning_rate_init, early_stopping : see :class:`PosteriorMatchingImputer`
         """
         check_is_fitted(self)
         X, present, mask, n_samples = check_score_inputs(
-            self.base_._validate, X, observed_mask, n_samples, self.n_samples
+            self._validate, X, observed_mask, n_samples, self.n_samples
         )
         x, full = self.base_._tensors(X, present)
         mask_t = torch.as_tensor(mask, device=x.device)

@@ -15,7 +15,7 @@ from sklearn.base import BaseEstimator, OneToOneFeatureMixin, TransformerMixin
 from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_is_fitted, validate_data
 
-from afa._torch import resolve_device, seeded, standard_normal, to_tensor
+from afa._torch import call_seed, resolve_device, seeded, standard_normal, to_tensor
 from afa._training import Trainer, TrainingSettings
 from afa.masks import TRAINING_MASKS, as_observed_mask, row_hash_uniforms
 from afa.models import PosteriorMatchingVAE
@@ -30,6 +30,7 @@ _MAX_CORRELATED_FEATURES = 64
 # Below this many rows the learned correlation overfits (Wine, 133 rows: LL -8.65 against
 # -7.32 for the factorised decoder), so "auto" keeps the factorised decoder.
 _MIN_CORRELATED_ROWS = 2_000
+_LARGEST_STANDARDISED = 1e15  # observed values, in standard deviations: squares stay finite
 
 
 @dataclass(frozen=True)
@@ -111,7 +112,7 @@ def _check_rows_observed(observed: np.ndarray) -> None:
 
 def check_n_samples(n_samples: object) -> int:
     """``n_samples`` itself when it is a positive integer, else a ValueError naming it."""
-    if not isinstance(n_samples, numbers.Integral) or n_samples < 1:
+    if not isinstance(n_samples, numbers.Integral) or isinstance(n_samples, bool) or n_samples < 1:
         raise ValueError(f"n_samples must be a positive integer; got {n_samples!r}.")
     return int(n_samples)
 
@@ -186,7 +187,8 @@ default="auto"
         Widths of the residual blocks of every network; ``"auto"`` uses two blocks of 64, 128
         or 256 units as the table grows.
     dropout : float or "auto", default="auto"
-        Dropout inside the residual blocks; ``"auto"`` is 0.1 below 5,000 rows, else 0.
+        Dropout inside the residual blocks (there are none with a single hidden layer);
+        ``"auto"`` is 0.1 below 5,000 rows, else 0.
     pm_weight : float, default=1.0
         Weight of the Posterior Matching term in the loss.
     stop_gradient : bool, default=True
@@ -343,6 +345,7 @@ default="auto"
         for name in ("latent_dim", "max_iter", "batch_size", "n_iter_no_change"):
             positive_int_or_auto(name)
         check_n_samples(self.n_samples)
+        self._check_numbers()
         choice("posterior", POSTERIOR_FAMILIES)
         choice("likelihood", {"gaussian", "bernoulli"})
         choice("decoder_scale", {"auto", "heteroscedastic", "correlated", "feature", "shared"})
@@ -376,6 +379,24 @@ default="auto"
             )
         resolve_device(self.device)
 
+    def _check_numbers(self) -> None:
+        """Real-valued parameters: a clear error instead of a failure deep in training."""
+
+        def real(value: object) -> bool:
+            return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+        dropout, decay = self.dropout, self.weight_decay
+        if not (dropout == "auto" and isinstance(dropout, str)) and not (
+            real(dropout) and 0.0 <= dropout < 1.0
+        ):
+            raise ValueError(f"dropout must be 'auto' or a number in [0, 1); got {dropout!r}.")
+        if not (decay == "auto" and isinstance(decay, str)) and not (real(decay) and decay >= 0):
+            raise ValueError(f"weight_decay must be 'auto' or a number >= 0; got {decay!r}.")
+        for name in ("pm_weight", "tol"):
+            value = getattr(self, name)
+            if not (real(value) and 0 <= value < math.inf):
+                raise ValueError(f"{name} must be a finite number >= 0; got {value!r}.")
+
     def _resolve_capacity(self, n_rows: int, n_features: int) -> _Capacity:
         auto = _auto_capacity(n_rows, n_features)
         chosen = {
@@ -398,6 +419,8 @@ default="auto"
     # ------------------------------------------------------------------ validation
     def _validate(self, X, *, reset: bool) -> tuple[np.ndarray, np.ndarray]:
         """Validated array (float64 or float32) and its observed mask."""
+        if not reset:
+            check_n_samples(self.n_samples)  # set_params may have changed it since fit
         _check_numeric_columns(X)
         X = validate_data(
             self,
@@ -432,7 +455,17 @@ default="auto"
 
     # ------------------------------------------------------------------ fitting
     def _standardise(self, X: np.ndarray, observed: np.ndarray) -> np.ndarray:
-        return np.where(observed, (X - self.mean_) / self.scale_, 0.0)
+        with np.errstate(over="ignore"):
+            standardised = np.where(observed, (X - self.mean_) / self.scale_, 0.0)
+        too_large = np.abs(standardised) > _LARGEST_STANDARDISED
+        if too_large.any():
+            rows = np.flatnonzero(too_large.any(axis=1))
+            raise ValueError(
+                f"Rows {describe_rows(rows)} hold values more than {_LARGEST_STANDARDISED:.0e} "
+                "training standard deviations from the training mean; the model computes in "
+                "float32 and cannot represent them. Check the data's units."
+            )
+        return standardised
 
     def _initialise(self, X: np.ndarray, observed: np.ndarray) -> None:
         random_state = check_random_state(self.random_state)
@@ -629,7 +662,9 @@ default="auto"
         return self._wrap_like(result, X_in)
 
     @torch.inference_mode()
-    def sample(self, X, n_samples: int = 10, random_state: int | None = None) -> np.ndarray:
+    def sample(
+        self, X, n_samples: int = 10, random_state: int | np.random.RandomState | None = None
+    ) -> np.ndarray:
         """Multiple imputations: draws of ``x_u`` from the model given ``x_o``.
 
         Each draw takes ``z ~ q(z | x_o)`` and then ``x ~ p(x | z)``; observed entries are
@@ -639,7 +674,7 @@ default="auto"
         ----------
         X : array-like or DataFrame of shape (n, d)
         n_samples : int, default=10
-        random_state : int or None, default=None
+        random_state : int, RandomState or None, default=None
             Seed of the draws; ``None`` uses a seed fixed at fit time (repeatable draws).
 
         Returns
@@ -648,6 +683,7 @@ default="auto"
         """
         check_is_fitted(self)
         check_n_samples(n_samples)
+        random_state = call_seed(random_state)
         X, observed = self._validate(X, reset=False)
         model = self._model()
         x, mask = self._tensors(X, observed)

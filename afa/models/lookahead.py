@@ -66,6 +66,7 @@ class AcquisitionProblem:
         Row ``a`` marks the columns that acquisition ``a`` reveals (a feature or a group).
     target : bool Tensor of shape (d,) or None
         The columns to predict; None means acquisition is about the whole row (``z``).
+        Actions that would reveal a target column are never available.
     """
 
     actions: torch.Tensor
@@ -91,8 +92,14 @@ class AcquisitionProblem:
         return torch.stack([state, state | self.target])
 
     def available(self, state: torch.Tensor) -> torch.Tensor:
-        """(n, A): True where the action would reveal at least one unobserved column."""
-        return (self.actions.unsqueeze(0) & ~state.unsqueeze(1)).any(-1)
+        """(n, A): True where the action would reveal at least one unobserved column.
+
+        An action that would reveal the target is never available.
+        """
+        available = (self.actions.unsqueeze(0) & ~state.unsqueeze(1)).any(-1)
+        if self.target is None:
+            return available
+        return available & ~(self.actions & self.target).any(-1)
 
     def error_columns(self, state: torch.Tensor) -> torch.Tensor:
         """(n, d): the columns whose error the ``"variance"`` criterion counts."""
