@@ -222,8 +222,9 @@ class LookaheadAcquirer(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
         A column to predict. It is never acquired (its action is never available), and
         gains measure information about it.
     costs : array-like of shape (n_actions,), dict or Series, default=None
-        Cost of each action; decisions maximise gain per unit cost, a negative gain
-        estimate counting as zero, and ties go to the cheaper action. An array follows
+        Cost of each action; decisions maximise gain per unit cost (a negative gain
+        estimate is multiplied by the cost instead), and ties go to the cheaper action. An
+        array follows
         ``actions_`` (the target's own entry is never used); a dict or pandas Series is
         keyed by column, index or fitted name, a group by any one of its columns, and may
         leave out the target. None means unit costs. ``acquire_next`` and ``acquire``
@@ -731,15 +732,16 @@ class LookaheadAcquirer(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
             allowed = available
         else:
             gains = self._gains(X, observed, strategy)
-            # an expected gain is never negative in theory; a negative estimate counts as
-            # none, so that it is not "improved" by a higher cost
-            scores = np.maximum(gains, 0.0) / costs[None, :]
+            # a negative estimate (possible for "entropy") is multiplied by the cost, not
+            # divided, so that a higher cost never makes an action look better
+            with np.errstate(invalid="ignore"):
+                scores = np.where(gains > 0, gains / costs[None, :], gains * costs[None, :])
             allowed = np.isfinite(gains)
             if self.min_gain is not None:
                 allowed &= gains >= self.min_gain
         allowed &= costs[None, :] <= budget[:, None] + 1e-12
         scores = np.where(allowed, scores, -np.inf)
-        # among the best scores (all zero when nothing is expected to help), the cheapest
+        # among equally good actions, the cheapest
         best = allowed & (scores == scores.max(axis=1, keepdims=True))
         choice = np.where(best, costs[None, :], np.inf).argmin(axis=1)
         choice = np.where(allowed.any(axis=1), choice, -1)

@@ -474,13 +474,15 @@ def test_column_names_for_target_and_groups(imputer, key_data):
 
 
 def test_a_negative_gain_is_not_improved_by_a_higher_cost(acquirer, monkeypatch):
-    """Negative estimates (possible for "entropy") count as no gain: the cheapest such
-    action wins, not the one whose negative gain a large cost shrinks the most."""
+    """Negative estimates (possible for "entropy") are multiplied by the cost: a large cost
+    must not shrink a negative gain into the best score."""
     gains = np.array([[-0.27, -2.74, -0.47, -np.inf, -np.inf], [0.4, 0.3, -0.1, 0.2, -np.inf]])
     monkeypatch.setattr(acquirer, "_gains", lambda X, observed, strategy: gains)
     costs = np.array([1000.0, 2.0, 1.0, 1.0, 1.0])
     choice = acquirer.acquire_next(np.full((2, D), np.nan), strategy="sampling", costs=costs)
     assert choice.tolist() == [2, 3]  # row 1: 0.2 per unit cost beats 0.15 and 0.0004
+    unit = acquirer.acquire_next(np.full((2, D), np.nan), strategy="sampling", costs=np.ones(D))
+    assert unit.tolist() == [0, 0]  # unit costs: the largest gain, negative or not
 
 
 def test_costs_keyed_by_column_match_the_array(imputer, key_data):
