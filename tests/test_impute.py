@@ -121,6 +121,20 @@ def test_transform_float32_in_float32_out(fitted, data_nan):
     np.testing.assert_allclose(out, fitted.transform(X32.astype(np.float64)), rtol=1e-5, atol=1e-4)
 
 
+def test_a_dataframe_keeps_each_float_column_dtype(data_nan):
+    frame = pd.DataFrame(data_nan, columns=["a", "b", "c", "d"]).astype(
+        {"a": np.float32, "b": "Float64", "c": "Float32"}
+    )
+    fitted = tiny_imputer().fit(frame)
+    out = fitted.transform(frame)
+    assert out.dtypes.tolist() == frame.dtypes.tolist()
+    assert not out.isna().any().any()
+    observed = frame.notna().to_numpy()
+    np.testing.assert_array_equal(
+        out.to_numpy(dtype=np.float64)[observed], frame.to_numpy(dtype=np.float64)[observed]
+    )
+
+
 def test_transform_imputations_are_in_data_units(fitted, data, data_nan):
     out = fitted.transform(data_nan)
     missing = np.isnan(data_nan)

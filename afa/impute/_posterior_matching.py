@@ -625,9 +625,16 @@ default="auto"
         return [slice(s, min(s + per_chunk, n_rows)) for s in range(0, n_rows, per_chunk)]
 
     def _wrap_like(self, values: np.ndarray, X_in) -> np.ndarray | pd.DataFrame:
-        if isinstance(X_in, pd.DataFrame):
-            return pd.DataFrame(values, index=X_in.index, columns=X_in.columns)
-        return values
+        """``values`` shaped as ``X_in``: a DataFrame keeps its index, columns and the dtype
+        of each float column (float32, or pandas' nullable Float64); other columns, which
+        imputation may fill with non-integers, come back as floats."""
+        if not isinstance(X_in, pd.DataFrame):
+            return values
+        frame = pd.DataFrame(values, index=X_in.index, columns=X_in.columns)
+        floats = [pd.api.types.is_float_dtype(dtype) for dtype in X_in.dtypes]
+        for position in np.flatnonzero(floats):
+            frame.isetitem(position, frame.iloc[:, position].astype(X_in.dtypes.iloc[position]))
+        return frame
 
     # ------------------------------------------------------------------ public inference
     @torch.inference_mode()
