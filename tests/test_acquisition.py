@@ -454,16 +454,25 @@ def test_bad_inputs_raise_clear_errors(acquirer, key_data):
         acquirer.information_gain(np.full((1, D), np.nan), strategy="random")
 
 
-@pytest.mark.filterwarnings("error::UserWarning")  # no "X does not have valid feature names"
-def test_column_names_for_target_and_groups(imputer, key_data):
-    frame = pd.DataFrame(key_data, columns=["key", "a", "b", "c", "diagnosis"])
-    acq = LookaheadAcquirer(
+def _named_frame(key_data) -> pd.DataFrame:
+    return pd.DataFrame(key_data, columns=["key", "a", "b", "c", "diagnosis"])
+
+
+@pytest.fixture(scope="module")
+def named_acquirer(key_data) -> LookaheadAcquirer:
+    """Columns by name: "a" and "c" acquired together, "diagnosis" the target."""
+    return LookaheadAcquirer(
         imputer=PosteriorMatchingImputer(latent_dim=1, hidden_layer_sizes=(8,), max_iter=2),
         strategy="sampling",
         groups=[["a", "c"]],
         target="diagnosis",
         random_state=0,
-    ).fit(frame)
+    ).fit(_named_frame(key_data))
+
+
+@pytest.mark.filterwarnings("error::UserWarning")  # no "X does not have valid feature names"
+def test_column_names_for_target_and_groups(imputer, key_data, named_acquirer):
+    frame, acq = _named_frame(key_data), named_acquirer
     assert acq.target_index_ == 4
     assert acq.actions_ == [(0,), (1, 3), (2,), (4,)]
     path = acq.acquire(frame.iloc[:3], n_steps=2)
@@ -485,15 +494,8 @@ def test_a_negative_gain_is_not_improved_by_a_higher_cost(acquirer, monkeypatch)
     assert unit.tolist() == [0, 0]  # unit costs: the largest gain, negative or not
 
 
-def test_costs_keyed_by_column_match_the_array(imputer, key_data):
-    frame = pd.DataFrame(key_data, columns=["key", "a", "b", "c", "diagnosis"])
-    acq = LookaheadAcquirer(
-        imputer=PosteriorMatchingImputer(latent_dim=1, hidden_layer_sizes=(8,), max_iter=2),
-        strategy="sampling",
-        groups=[["a", "c"]],
-        target="diagnosis",
-        random_state=0,
-    ).fit(frame)
+def test_costs_keyed_by_column_match_the_array(key_data, named_acquirer):
+    frame, acq = _named_frame(key_data), named_acquirer
     partial = frame.iloc[:6].where(np.random.default_rng(0).random((6, D)) < 0.3)
     partial["diagnosis"] = np.nan
     array = np.array([4.0, 1.0, 3.0, 99.0])  # actions (key), (a, c), (b), (diagnosis)
