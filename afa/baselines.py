@@ -12,12 +12,12 @@ from typing import Any
 
 import numpy as np
 import torch
-from sklearn.base import BaseEstimator, TransformerMixin
+from sklearn.base import BaseEstimator, OneToOneFeatureMixin, TransformerMixin
 from sklearn.mixture import GaussianMixture
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from afa._torch import embed_block
-from afa.masks import as_observed_mask
+from afa.masks import as_observed_mask, row_hash_uniforms
 from afa.metrics import gaussian_conditional_log_likelihood, gaussian_conditional_mean
 
 __all__ = ["GaussianImputer", "GaussianMixtureImputer"]
@@ -26,20 +26,79 @@ _MATRIX_ELEMENTS_PER_CHUNK = 2**22  # rows x d x d held at once by the mixture c
 
 
 def _complete_rows(X: Any, name: str) -> np.ndarray:
-    """``X`` as a finite float64 matrix, or a ValueError naming ``name``."""
+    """``X`` as a finite float64 matrix of at least two rows, or a ValueError naming ``name``."""
     X = np.asarray(X, dtype=np.float64)
     if X.ndim != 2:
         raise ValueError(f"{name} needs a 2-d array; got shape {X.shape}.")
     if not np.isfinite(X).all():
         raise ValueError(f"{name} needs complete, finite training rows; X has NaN or inf.")
+    if X.shape[0] < 2:
+        raise ValueError(f"{name} needs at least 2 training rows; got {X.shape[0]} sample.")
     return X
 
 
-class GaussianImputer(TransformerMixin, BaseEstimator):
+class _ExactConditionalImputer(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
+    """Validation and ``score`` shared by the closed-form baselines."""
+
+    def _training_rows(self, X: Any) -> np.ndarray:
+        X = validate_data(self, X, dtype=np.float64, ensure_all_finite=False)
+        return _complete_rows(X, type(self).__name__)
+
+    def _check_rows(self, X: Any) -> np.ndarray:
+        check_is_fitted(self)
+        X = validate_data(self, X, reset=False, dtype=np.float64, ensure_all_finite="allow-nan")
+        return np.array(X)  # a writable copy: pandas inputs arrive read-only
+
+    def _scored_rows(self, X: Any, observed_mask: Any) -> tuple[np.ndarray, np.ndarray]:
+        X = self._check_rows(X)
+        if np.isnan(X).any():
+            raise ValueError("X has NaN: the conditional log-likelihood needs complete rows.")
+        return X, as_observed_mask(observed_mask, X.shape)
+
+    def score(self, X: Any, y: None = None) -> float:
+        """Mean ``log p(x_u | x_o)`` per row under seeded Bernoulli(0.5) masks.
+
+        The same masks as :meth:`afa.PosteriorMatchingImputer.score` (a fixed function of
+        each row's values), so the scores are comparable. Higher is better.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+            Complete rows.
+        y : None
+            Ignored.
+
+        Returns
+        -------
+        float
+        """
+        X = self._check_rows(X)
+        if np.isnan(X).any():
+            raise ValueError("X has NaN: score needs complete rows.")
+        observed = row_hash_uniforms(X) >= 0.5
+        return float(np.mean(self.score_conditional(X, observed)))
+
+
+class GaussianImputer(_ExactConditionalImputer):
     """The exact-Gaussian baseline: one multivariate Gaussian fitted to complete rows.
 
     ``transform`` imputes the exact conditional mean and ``score_conditional`` returns the
     exact conditional log-likelihood, both in the input's units.
+
+    Parameters
+    ----------
+    reg_covar : float, default=0.0
+        Added to the diagonal of the covariance, in the data's squared units. The default
+        keeps the exact unbiased covariance; a table with a constant or a linearly dependent
+        column (or fewer rows than columns) needs a small positive value.
+
+    Attributes
+    ----------
+    mean_ : ndarray of shape (n_features,)
+    covariance_ : ndarray of shape (n_features, n_features)
+    n_features_in_ : int
+    feature_names_in_ : ndarray of str
+        When fitted on a DataFrame with string column names.
 
     Examples
     --------
@@ -50,23 +109,71 @@ class GaussianImputer(TransformerMixin, BaseEstimator):
     array([[1. , 0.9]])
     """
 
+    def __init__(self, *, reg_covar: float = 0.0) -> None:
+        self.reg_covar = reg_covar
+
     def fit(self, X: Any, y: None = None) -> GaussianImputer:
-        """Estimate the mean and the (unbiased) covariance of complete rows ``X``."""
-        X = _complete_rows(X, "GaussianImputer")
+        """Estimate the mean and the (unbiased) covariance of complete rows ``X``.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+            Complete rows; NaN or inf raise a ValueError.
+        y : None
+            Ignored.
+
+        Returns
+        -------
+        self
+        """
+        if not (isinstance(self.reg_covar, (int, float)) and self.reg_covar >= 0):
+            raise ValueError(f"reg_covar must be a number >= 0; got {self.reg_covar!r}.")
+        X = self._training_rows(X)
         self.mean_ = X.mean(axis=0)
-        self.covariance_ = np.atleast_2d(np.cov(X, rowvar=False))
+        covariance = np.atleast_2d(np.cov(X, rowvar=False))
+        self.covariance_ = covariance + self.reg_covar * np.eye(X.shape[1])
+        try:
+            np.linalg.cholesky(self.covariance_)
+        except np.linalg.LinAlgError:
+            raise ValueError(
+                "The training rows' covariance is singular (a constant column, a column that "
+                "is a linear combination of others, or fewer rows than columns); set "
+                "reg_covar > 0, e.g. 1e-6 times the columns' typical variance."
+            ) from None
         return self
 
     def transform(self, X: Any) -> np.ndarray:
-        """Replace NaN entries by their exact conditional mean given the row's other entries."""
-        check_is_fitted(self)
-        X = np.asarray(X, dtype=np.float64)
+        """Replace NaN entries by their exact conditional mean given the row's other entries.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+
+        Returns
+        -------
+        ndarray of shape (n_samples, n_features)
+            Observed entries are returned unchanged.
+        """
+        X = self._check_rows(X)
         return gaussian_conditional_mean(self.mean_, self.covariance_, X, ~np.isnan(X))
 
     def score_conditional(self, X: Any, observed_mask: Any) -> np.ndarray:
-        """Exact ``log p(x_u | x_o)`` per row, in nats, summed over the unobserved entries."""
-        check_is_fitted(self)
-        return gaussian_conditional_log_likelihood(self.mean_, self.covariance_, X, observed_mask)
+        """Exact ``log p(x_u | x_o)`` per row, in nats, summed over the unobserved entries.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+            Complete rows.
+        observed_mask : array-like of bool, shape (n_samples, n_features)
+            True where an entry is conditioned on, False where it is scored.
+
+        Returns
+        -------
+        ndarray of shape (n_samples,)
+            Rows with nothing unobserved score 0.
+        """
+        X, observed = self._scored_rows(X, observed_mask)
+        return gaussian_conditional_log_likelihood(self.mean_, self.covariance_, X, observed)
 
 
 def _masked_component_terms(
@@ -93,7 +200,7 @@ def _masked_component_terms(
     return log_density, conditional_mean
 
 
-class GaussianMixtureImputer(TransformerMixin, BaseEstimator):
+class GaussianMixtureImputer(_ExactConditionalImputer):
     """Exact conditionals of a Gaussian mixture fitted by EM to complete rows.
 
     The conditional of a mixture is again a mixture: the components keep their Gaussian
@@ -123,6 +230,8 @@ class GaussianMixtureImputer(TransformerMixin, BaseEstimator):
     n_iter_ : int
         EM iterations of the best run.
     n_features_in_ : int
+    feature_names_in_ : ndarray of str
+        When fitted on a DataFrame with string column names.
 
     Examples
     --------
@@ -164,8 +273,7 @@ class GaussianMixtureImputer(TransformerMixin, BaseEstimator):
         -------
         self
         """
-        X = validate_data(self, X, dtype=np.float64, ensure_all_finite=False)
-        X = _complete_rows(X, "GaussianMixtureImputer")
+        X = self._training_rows(X)
         self.mixture_ = GaussianMixture(
             n_components=self.n_components,
             covariance_type="full",
@@ -176,11 +284,6 @@ class GaussianMixtureImputer(TransformerMixin, BaseEstimator):
         ).fit(X)
         self.n_iter_ = self.mixture_.n_iter_
         return self
-
-    def _check_rows(self, X: Any) -> np.ndarray:
-        check_is_fitted(self)
-        X = validate_data(self, X, reset=False, dtype=np.float64, ensure_all_finite="allow-nan")
-        return np.array(X)  # a writable copy: pandas inputs arrive read-only
 
     def _conditional(self, X: np.ndarray, observed: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Per row: log p(x_o) and E[x | x_o] (observed entries kept)."""
@@ -237,9 +340,6 @@ class GaussianMixtureImputer(TransformerMixin, BaseEstimator):
         ndarray of shape (n_samples,)
             Rows with nothing unobserved score 0.
         """
-        X = self._check_rows(X)
-        if np.isnan(X).any():
-            raise ValueError("X has NaN: the conditional log-likelihood needs complete rows.")
-        observed = as_observed_mask(observed_mask, X.shape)
+        X, observed = self._scored_rows(X, observed_mask)
         log_joint = self.mixture_.score_samples(X)
         return np.where(observed.all(axis=1), 0.0, log_joint - self._conditional(X, observed)[0])

@@ -8,6 +8,7 @@ environment variable (default ``../shared/data``, relative to the working direct
 from __future__ import annotations
 
 import gzip
+import numbers
 import os
 from pathlib import Path
 from typing import NamedTuple
@@ -77,7 +78,8 @@ def data_root() -> Path:
     Returns
     -------
     Path
-        Relative paths are taken from the current working directory.
+        Relative paths are taken from the current working directory; ``~`` is expanded,
+        and an empty ``AFA_DATA`` counts as unset.
 
     Examples
     --------
@@ -87,7 +89,8 @@ def data_root() -> Path:
     ...     print(data_root())
     /data/afa
     """
-    return Path(os.environ.get("AFA_DATA", DEFAULT_DATA_ROOT))
+    configured = os.environ.get("AFA_DATA", "")
+    return Path(configured).expanduser() if configured else Path(DEFAULT_DATA_ROOT)
 
 
 def _staged_file(relative: str) -> Path:
@@ -135,8 +138,9 @@ def load_mnist(split: str = "train", size: int = 28) -> tuple[np.ndarray, np.nda
     """
     if split not in _MNIST_FILES:
         raise ValueError(f"Unknown MNIST split {split!r}; choose 'train' or 'test'.")
-    if not isinstance(size, int) or size < 1:
+    if not isinstance(size, numbers.Integral) or isinstance(size, bool) or size < 1:
         raise ValueError(f"size must be a positive integer; got {size!r}.")
+    size = int(size)
     image_file, label_file = _MNIST_FILES[split]
     images = _read_idx(_staged_file(image_file)).astype(np.float32) / 255.0
     labels = _read_idx(_staged_file(label_file)).astype(np.int64)

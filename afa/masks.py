@@ -44,6 +44,8 @@ def uniform_mask(
     True
     """
     n_rows, n_features = shape
+    if n_features < 1:
+        raise ValueError(f"uniform_mask needs at least one feature; got shape {shape}.")
     n_observed = torch.randint(n_features, (n_rows, 1), generator=generator, device=device)
     ranks = torch.rand(shape, generator=generator, device=device).argsort(dim=1).argsort(dim=1)
     return ranks < n_observed
@@ -66,8 +68,12 @@ def as_observed_mask(
     if mask.shape != shape:
         raise ValueError(f"{name} has shape {mask.shape} but X has shape {shape}; they must match.")
     if mask.dtype != bool:
-        if not np.isin(mask, (0, 1)).all():
-            raise ValueError(f"{name} must be boolean (True = observed) or 0/1.")
+        try:
+            binary = bool(np.isin(mask, (0, 1)).all())
+        except TypeError:  # e.g. pandas' NA in a nullable boolean mask
+            binary = False
+        if not binary:
+            raise ValueError(f"{name} must be boolean (True = observed) or 0/1, with no NA.")
         mask = mask.astype(bool)
     return mask.copy()
 
@@ -101,7 +107,8 @@ def row_hash_uniforms(X: np.ndarray) -> np.ndarray:
     """Uniforms in [0, 1), one per entry, that depend only on the values of the entry's row.
 
     Identical rows get identical uniforms wherever they appear, so a mask drawn from them
-    does not depend on row order or on the other rows.
+    does not depend on row order or on the other rows. Equal values hash alike: ``-0.0`` as
+    ``0.0``, and every NaN as the same NaN.
 
     Examples
     --------
@@ -109,10 +116,11 @@ def row_hash_uniforms(X: np.ndarray) -> np.ndarray:
     >>> np.array_equal(row_hash_uniforms(X)[::-1], row_hash_uniforms(X[::-1]))
     True
     """
-    rows = np.ascontiguousarray(X, dtype=np.float64)
+    rows = np.array(X, dtype=np.float64) + 0.0  # a copy, with -0.0 made 0.0
+    rows[np.isnan(rows)] = np.nan  # one bit pattern for every NaN
     digests = [hashlib.blake2b(row.tobytes(), digest_size=8).digest() for row in rows]
     row_keys = np.frombuffer(b"".join(digests), dtype=np.uint64).reshape(-1, 1)
-    columns = np.arange(X.shape[1], dtype=np.uint64) * np.uint64(0x2545F4914F6CDD1D)
+    columns = np.arange(rows.shape[1], dtype=np.uint64) * np.uint64(0x2545F4914F6CDD1D)
     with np.errstate(over="ignore"):
         bits = _splitmix64(row_keys ^ columns)
     return (bits >> np.uint64(11)).astype(np.float64) / 2.0**53

@@ -6,6 +6,7 @@ other entries are the ones imputed and scored.
 
 from __future__ import annotations
 
+import math
 import numbers
 from collections.abc import Iterator
 
@@ -106,7 +107,7 @@ def ssim(
     ------
     ValueError
         When the shapes differ, an image is smaller than the window, the window is not an
-        odd integer of at least 3, or ``data_range`` is not positive.
+        odd integer of at least 3, or ``data_range`` is not positive and finite.
 
     Examples
     --------
@@ -127,8 +128,8 @@ def ssim(
             f"ssim needs images of shape (..., H, W) with H and W at least window={window}; "
             f"got shape {a.shape}."
         )
-    if not data_range > 0:
-        raise ValueError(f"data_range must be positive; got {data_range!r}.")
+    if not 0 < data_range < math.inf:
+        raise ValueError(f"data_range must be positive and finite; got {data_range!r}.")
     mean_a, mean_b = _window_means(a, window), _window_means(b, window)
     correction = window**2 / (window**2 - 1)
     var_a = correction * (_window_means(a * a, window) - mean_a**2)

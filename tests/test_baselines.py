@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pytest
 from scipy.special import logsumexp
 from scipy.stats import multivariate_normal
 from sklearn.exceptions import NotFittedError
+from sklearn.model_selection import GridSearchCV
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
 from afa.baselines import GaussianImputer, GaussianMixtureImputer
+from afa.masks import row_hash_uniforms
 
 
 @pytest.fixture(scope="module")
@@ -125,12 +128,49 @@ def test_mixture_rejects_wrong_shapes(fitted_mixture, two_clusters):
         fitted_mixture.score_conditional(two_clusters[:2], np.ones((2, 3), dtype=bool))
 
 
+def test_gaussian_refuses_a_singular_covariance_unless_regularised():
+    rng = np.random.default_rng(0)
+    X = np.hstack([rng.normal(size=(50, 2)), np.ones((50, 1))])  # a constant column
+    with pytest.raises(ValueError, match="covariance is singular.*reg_covar"):
+        GaussianImputer().fit(X)
+    imputed = GaussianImputer(reg_covar=1e-6).fit(X).transform([[np.nan, 0.2, 1.0]])
+    assert np.isfinite(imputed).all() and imputed[0, 2] == 1.0
+    with pytest.raises(ValueError, match="at least 2 training rows"):
+        GaussianImputer().fit(X[:1])
+    with pytest.raises(ValueError, match="reg_covar must be a number >= 0"):
+        GaussianImputer(reg_covar=-1.0).fit(X)
+
+
+@pytest.mark.parametrize("imputer", [GaussianImputer(), GaussianMixtureImputer(n_components=2)])
+def test_baselines_check_columns_and_values_like_the_estimators(imputer, two_clusters):
+    frame = pd.DataFrame(two_clusters, columns=["a", "b", "c", "d"])
+    imputer.set_params(**({"random_state": 0} if "random_state" in imputer.get_params() else {}))
+    imputer.fit(frame)
+    with pytest.raises(ValueError, match="feature names"):
+        imputer.transform(frame[["d", "c", "b", "a"]])
+    with pytest.raises(ValueError, match="infinity"):
+        imputer.transform(pd.DataFrame([[np.inf, np.nan, 0.0, 0.0]], columns=list("abcd")))
+    out = imputer.set_output(transform="pandas").transform(frame.iloc[:3].mask(np.eye(3, 4) > 0))
+    assert isinstance(out, pd.DataFrame) and list(out.columns) == ["a", "b", "c", "d"]
+    imputer.set_output(transform="default")
+
+
+@pytest.mark.parametrize("imputer", [GaussianImputer(), GaussianMixtureImputer(n_components=2)])
+def test_baseline_score_uses_the_estimators_seeded_masks(imputer, two_clusters):
+    imputer.fit(two_clusters)
+    observed = row_hash_uniforms(two_clusters) >= 0.5
+    expected = imputer.score_conditional(two_clusters, observed).mean()
+    assert imputer.score(two_clusters) == pytest.approx(expected)
+    search = GridSearchCV(GaussianMixtureImputer(random_state=0), {"n_components": [1, 2]}, cv=2)
+    assert search.fit(two_clusters).best_params_ == {"n_components": 2}
+
+
 @parametrize_with_checks(
-    [GaussianMixtureImputer(n_components=2, random_state=0)],
+    [GaussianImputer(), GaussianMixtureImputer(n_components=2, random_state=0)],
     expected_failed_checks=lambda _: {
         "check_estimators_nan_inf": "transform takes NaN by design (it marks the entries to "
         "impute), while fit needs complete rows, a combination the check does not allow for"
     },
 )
-def test_mixture_is_a_scikit_learn_estimator(estimator, check):
+def test_baselines_are_scikit_learn_estimators(estimator, check):
     check(estimator)

@@ -24,6 +24,10 @@ def test_data_root_default_and_env(monkeypatch):
     assert data_root() == Path("../shared/data")
     monkeypatch.setenv("AFA_DATA", "/somewhere")
     assert data_root() == Path("/somewhere")
+    monkeypatch.setenv("AFA_DATA", "~/afa-data")
+    assert data_root() == Path.home() / "afa-data"
+    monkeypatch.setenv("AFA_DATA", "")
+    assert data_root() == Path("../shared/data")
 
 
 def test_load_uci_maf_reads_npz(tmp_path, monkeypatch):
@@ -69,7 +73,7 @@ def test_load_mnist_reads_idx_and_resizes(tmp_path, monkeypatch):
     assert rows.shape == (3, 784) and rows.dtype == np.float32
     np.testing.assert_array_equal(labels, [7, 1, 0])
     np.testing.assert_array_equal(rows[0], 1.0)
-    small, _ = load_mnist("test", size=16)
+    small, _ = load_mnist("test", size=np.int64(16))
     assert small.shape == (3, 256)
     assert small.min() >= 0.0 and small.max() <= 1.0
     np.testing.assert_allclose(small[0], 1.0)
@@ -83,5 +87,6 @@ def test_load_mnist_errors(tmp_path, monkeypatch):
         load_mnist("train")
     with pytest.raises(ValueError, match="Unknown MNIST split"):
         load_mnist("validation")
-    with pytest.raises(ValueError, match="size must be a positive integer"):
-        load_mnist("train", size=0)
+    for size in (0, True, 16.0):
+        with pytest.raises(ValueError, match="size must be a positive integer"):
+            load_mnist("train", size=size)

@@ -3,10 +3,18 @@
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
-from afa.masks import TRAINING_MASKS, bernoulli_mask, mcar_mask, uniform_mask
+from afa.masks import (
+    TRAINING_MASKS,
+    as_observed_mask,
+    bernoulli_mask,
+    mcar_mask,
+    row_hash_uniforms,
+    uniform_mask,
+)
 
 
 def test_training_mask_registry():
@@ -78,3 +86,26 @@ def test_mcar_mask_edge_rates():
 def test_mcar_mask_rejects_bad_rate(rate):
     with pytest.raises(ValueError, match="missing_rate"):
         mcar_mask((10, 3), rate, 0)
+
+
+def test_row_hash_uniforms_hash_equal_values_alike():
+    rows = np.array([[0.0, np.nan, 1.5]])
+    negative_zero = np.array([[-0.0, np.nan, 1.5]])
+    other_nan = rows.copy()
+    other_nan.view(np.uint64)[0, 1] |= np.uint64(1)  # another NaN payload
+    assert np.isnan(other_nan[0, 1])
+    expected = row_hash_uniforms(rows)
+    np.testing.assert_array_equal(row_hash_uniforms(negative_zero), expected)
+    np.testing.assert_array_equal(row_hash_uniforms(other_nan), expected)
+    np.testing.assert_array_equal(row_hash_uniforms(rows.tolist()), expected)
+
+
+def test_observed_mask_with_missing_values_is_a_value_error():
+    mask = pd.DataFrame({"a": [True], "b": [pd.NA]}, dtype="boolean")
+    with pytest.raises(ValueError, match="boolean .* or 0/1, with no NA"):
+        as_observed_mask(mask, (1, 2))
+
+
+def test_uniform_mask_needs_a_feature():
+    with pytest.raises(ValueError, match="at least one feature"):
+        uniform_mask((3, 0), torch.Generator().manual_seed(0))

@@ -140,3 +140,5 @@ def test_ssim_rejects_bad_shapes_and_windows():
         ssim(np.zeros((8, 8)), np.zeros((8, 8)), window=4)
     with pytest.raises(ValueError, match="data_range"):
         ssim(np.zeros((8, 8)), np.zeros((8, 8)), data_range=0.0)
+    with pytest.raises(ValueError, match="data_range must be positive and finite"):
+        ssim(np.zeros((8, 8)), np.zeros((8, 8)), data_range=np.inf)
