@@ -166,6 +166,27 @@ def test_planar_layers_stay_invertible_with_exact_log_determinants():
     assert (mapped.diff(dim=0).norm(dim=-1) > 0).all()
 
 
+def test_planar_log_determinant_stays_exact_where_a_layer_nearly_folds():
+    """With wᵀu far below 0 a layer's slope nears 0 along w: the log-determinant must
+    follow it (it was once floored at -13.8 per layer, with no gradient)."""
+    family = PlanarFamily(2, 1)
+    params = family.initial(1, torch.Generator().manual_seed(0)).double()
+    w = params[0, -3:-1]
+    noise = torch.zeros(1, 2, dtype=torch.float64)  # with b = 0 the layer's tanh is 0 here
+    for wu in (-15.0, -30.0):
+        params[0, -5:-3] = wu * w / w.square().sum()  # u along w, so that wᵀu = wu
+        log_det = family.transform(params, noise)[1][0, 0]
+        # the slope along w is 1 + wᵀû = softplus(wᵀu)
+        exact = torch.log(torch.nn.functional.softplus(torch.tensor(wu, dtype=torch.float64)))
+        torch.testing.assert_close(log_det, exact, rtol=1e-12, atol=0)
+    params[0, -5:-3] = -15.0 * w / w.square().sum()
+    jacobian = torch.autograd.functional.jacobian(
+        lambda e: family.transform(params, e.unsqueeze(0))[0][0, 0], noise[0]
+    )  # at -30 this reference itself loses digits to 1 - (1 - 1e-13)
+    log_det = family.transform(params, noise)[1][0, 0]
+    torch.testing.assert_close(log_det, torch.linalg.slogdet(jacobian)[1], rtol=1e-7, atol=0)
+
+
 def test_mlp_family_log_determinant_matches_autograd_and_refuses_large_latents():
     family = MLPFamily(2, n_hidden=5)
     generator = torch.Generator().manual_seed(0)
@@ -236,6 +257,16 @@ def test_adam_reaches_the_minima():
     torch.testing.assert_close(result.params, centres, atol=2e-2, rtol=0)
 
 
+def test_adam_does_not_call_a_query_stuck_at_an_undefined_region_converged():
+    def objective(params, index):
+        hole = torch.sqrt((params[:, 0] - 2.5) * (params[:, 0] - 1.0))  # NaN for 1 < p < 2.5
+        return (params - 5).square().sum(-1) + 0.0 * hole
+
+    result = minimize_adam(objective, torch.zeros(1, 2, dtype=torch.float64), max_iter=500)
+    assert result.params[0, 0] < 1.0  # it cannot cross the hole
+    assert not bool(result.converged[0])
+
+
 def test_non_finite_losses_are_reported_not_hidden():
     def objective(params, index):
         return torch.where(index == 1, torch.nan, params.square().sum(-1))
@@ -279,6 +310,47 @@ class _TwoBumps(nn.Module):
         near = -z.square().sum(-1) / 0.2 + math.log(1e-6)
         far = -(z - self.far).square().sum(-1) / 0.2
         return (torch.logaddexp(near, far) - 30).unsqueeze(-1)  # logsigmoid(f - 30) ≈ f - 30
+
+
+class _ShiftDecoder(nn.Module):
+    """``x_0 ~ N(0, s²)`` whatever ``z`` and ``x_1 ~ N(z_1, s²)``, a heteroscedastic output."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.identity = nn.Linear(2, 2, bias=False)  # gives Evidence its latent width
+        with torch.no_grad():
+            self.identity.weight.copy_(torch.eye(2))
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        z = self.identity(z)
+        mean = torch.stack([torch.zeros_like(z[..., 0]), z[..., 1]], -1)
+        return torch.cat([mean, torch.full_like(mean, -1.0)], -1)
+
+
+def test_rejection_stays_exact_for_a_posterior_far_from_the_prior():
+    likelihood = GaussianLikelihood(2, scale="heteroscedastic")
+    decoder = _ShiftDecoder()
+    scale = likelihood.parameters_from(decoder(torch.zeros(1, 2)))[1][0, 1].item()
+    evidence = Evidence(
+        decoder, likelihood, torch.tensor([[0.0, 12.0]]), torch.tensor([[0, 1]]).bool()
+    )
+    draws = rejection_sample(evidence, 4000, torch.Generator().manual_seed(0))[:, 0, 1]
+    exact_mean = 12.0 / (1 + scale**2)  # about 9.7: far outside the first [-6, 6] grid
+    exact_std = math.sqrt(scale**2 / (1 + scale**2))
+    assert draws.mean().item() == pytest.approx(exact_mean, abs=0.05)
+    assert draws.std().item() == pytest.approx(exact_std, rel=0.05)
+
+
+def test_pseudo_gibbs_runs_on_a_correlated_decoder(data):
+    base = PosteriorMatchingImputer(
+        decoder_scale="correlated", latent_dim=2, hidden_layer_sizes=(8,), max_iter=3
+    ).fit(data)
+    imputer = ConditionalPriorImputer(
+        base=base, inference="pseudo_gibbs", n_burnin=5, n_samples=8, random_state=0
+    ).fit(data)
+    X, mask, X_nan = _queries(data)
+    imputed = imputer.transform(X_nan)
+    assert np.isfinite(imputed).all() and np.array_equal(imputed[mask], X[mask])
 
 
 def test_fits_find_the_mode_holding_the_mass_not_the_one_nearest_the_origin():

@@ -166,6 +166,23 @@ def test_correlated_conditional_mean_and_draws_match_the_gaussian_conditional(co
         torch.testing.assert_close(torch.cov(sample.T), expected_covariance, atol=0.05, rtol=0.02)
 
 
+def test_correlated_draws_have_the_model_variance_when_features_nearly_coincide():
+    """The conditional variance is then near the jitter floor, where adding the jitter once
+    more (as draws once did) doubles it."""
+    likelihood = CorrelatedGaussianLikelihood(2)
+    with torch.no_grad():
+        likelihood.raw_factor.copy_(torch.tensor([[1.0, 0.0], [50.0, 1.0]]))
+    output, x = torch.zeros(1, 4), torch.tensor([[0.7, 0.0]])
+    mask = torch.tensor([[True, False]])
+    with torch.no_grad():
+        exact = likelihood.mean_conditional_covariance(x, output.unsqueeze(0), mask)[0, 1, 1]
+        draws = likelihood.conditional_sample(
+            x, output.expand(200_000, 1, 4), mask, torch.randn(200_000, 1, 2)
+        )
+    assert exact < 0.01
+    assert draws[:, 0, 1].var().item() == pytest.approx(exact.item(), rel=0.03)
+
+
 def test_identity_correlation_is_the_heteroscedastic_likelihood():
     correlated, factorised = (
         CorrelatedGaussianLikelihood(4),

@@ -113,7 +113,8 @@ class PlanarFamily(AffineFamily):
         u, w, b = layers[..., :L], layers[..., L : 2 * L], layers[..., 2 * L]
         wu = (w * u).sum(-1, keepdim=True)
         squared_norm = w.square().sum(-1, keepdim=True).clamp_min(1e-12)
-        u_hat = u + (nn.functional.softplus(wu) - 1 - wu) * w / squared_norm
+        softplus = nn.functional.softplus(wu)
+        u_hat = u + (softplus - 1 - wu) * w / squared_norm
         # one contiguous (Q, L) block per layer: broadcasting a strided slice is far slower
         w_layers, u_layers = w.transpose(0, 1).contiguous(), u_hat.transpose(0, 1).contiguous()
         b_layers = b.T.contiguous()
@@ -122,8 +123,11 @@ class PlanarFamily(AffineFamily):
             activation = torch.tanh((z * w_layers[k]).sum(-1) + b_layers[k])
             z = torch.addcmul(z, u_layers[k], activation.unsqueeze(-1))
             activations.append(activation)
-        slopes = (1 - torch.stack(activations, -1).square()) * (w * u_hat).sum(-1)
-        return z, log_det + torch.log1p(slopes.clamp_min(-1 + 1e-6)).sum(-1)
+        # 1 + tanh'(a) wᵀû with wᵀû = softplus(wᵀu) - 1 is t² + (1 - t²) softplus(wᵀu): a
+        # sum of two non-negative terms, so its logarithm is accurate however close to 0
+        squared = torch.stack(activations, -1).square()
+        derivative = squared + (1 - squared) * softplus.squeeze(-1)
+        return z, log_det + torch.log(derivative).sum(-1)
 
 
 class MLPFamily(AffineFamily):

@@ -323,6 +323,8 @@ def minimize_adam(
 
     Every ``check_every`` iterations a query whose best loss improved by less than ``tol``
     relative to ``max(1, |loss|)`` since the last check stops and keeps its best parameters.
+    A query that stops while its current loss or gradient is not finite (stuck against a
+    region where the objective is undefined) is not reported as converged.
 
     Returns
     -------
@@ -337,9 +339,11 @@ def minimize_adam(
     checkpoint = best.clone()
     active = torch.ones(n_queries, dtype=torch.bool, device=params.device)
     n_iter = torch.zeros(n_queries, dtype=torch.long, device=params.device)
+    finite_now = torch.ones(n_queries, dtype=torch.bool, device=params.device)
     for iteration in range(1, max_iter + 1):
         frozen = current.detach().clone()
         value, grad = _value_and_grad(objective, current.detach(), everyone)
+        finite_now = torch.where(active, torch.isfinite(value), finite_now)
         grad = torch.nan_to_num(grad, nan=0.0, posinf=0.0, neginf=0.0)
         improved = active & (value < best)
         best = torch.where(improved, value, best)
@@ -356,4 +360,5 @@ def minimize_adam(
             if not bool(active.any()):
                 break
     loss = _value_and_grad(objective, best_params, everyone)[0]
-    return OptimisationResult(best_params, loss, n_iter, ~active & torch.isfinite(loss))
+    converged = ~active & torch.isfinite(loss) & finite_now
+    return OptimisationResult(best_params, loss, n_iter, converged)

@@ -19,6 +19,7 @@ from afa.conditional._optimise import minimize_lbfgs
 __all__ = ["hmc_sample", "pseudo_gibbs_sample", "rejection_sample"]
 
 _MAX_REJECTION_LATENT = 2
+_BOUND_TOLERANCE = 1e-3  # nats a proposal may exceed the rejection bound (float32 rounding)
 
 
 def _log_joint_and_grad(evidence: Evidence, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -43,6 +44,11 @@ def hmc_sample(
     Chains start at prior draws. During burn-in each query's step size is adapted (by a
     Robbins-Monro update of its logarithm) towards ``target_acceptance``; afterwards it is
     fixed and every chain contributes consecutive draws until ``n_samples`` are collected.
+
+    Limits: a chain rarely crosses between separated modes, so on a multimodal posterior
+    the modes' weights follow where the chains started rather than the posterior; and one
+    step size per query mixes slowly along a direction much wider than the narrowest one.
+    In two dimensions, ``rejection_sample`` is exact.
 
     Returns
     -------
@@ -106,15 +112,34 @@ class _DefensiveProposal:
         return torch.where(use_prior.to(self.loc.device), noise, fitted)
 
 
+def _grid_limit(evidence: Evidence, limit: float) -> float:
+    """A half-width for the grid that holds every query's posterior mode with room around it.
+
+    The modes are found by L-BFGS from the best point of a ``[-limit, limit]^L`` grid; a
+    posterior pulled far from the prior gets a wider grid (mode plus 6 on each side).
+    """
+    grid = grid_points(evidence.latent_dim, limit, 41, evidence.x.device)
+    with torch.no_grad():
+        log_joint = on_points(evidence.log_joint, grid, evidence)
+
+    def negative(params: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        return -evidence.subset(index).log_joint(params)
+
+    modes = minimize_lbfgs(negative, grid[log_joint.argmax(0)], max_iter=200, tol=1e-7).params
+    farthest = float(modes.abs().max()) if torch.isfinite(modes).all() else 0.0
+    return max(limit, farthest + 6.0)
+
+
 def _grid_proposal(
     evidence: Evidence, resolution: int = 201, limit: float = 6.0
 ) -> tuple[_DefensiveProposal, torch.Tensor]:
     """The proposal, moment-matched to the grid posterior, and its bound on the log ratio.
 
-    The Gaussian half takes the mean and covariance of ``p(z | x_o)`` on a grid, so it spans
-    every mode; the bound ``max_z log p(z, x_o) - log q(z)`` is the grid's maximum refined
-    by L-BFGS.
+    The Gaussian half takes the mean and covariance of ``p(z | x_o)`` on a grid (wide enough
+    for every query's mode, see :func:`_grid_limit`), so it spans every mode; the bound
+    ``max_z log p(z, x_o) - log q(z)`` is the grid's maximum refined by L-BFGS.
     """
+    limit = _grid_limit(evidence, limit)
     grid = grid_points(evidence.latent_dim, limit, resolution, evidence.x.device)
     with torch.no_grad():
         log_joint = on_points(evidence.log_joint, grid, evidence)
@@ -144,9 +169,12 @@ def rejection_sample(
     """Exact rejection sampling from ``p(z | x_o)`` (latents of at most 2 dimensions).
 
     The proposal mixes a widened Gaussian, moment-matched to the posterior on a grid over
-    ``[-6, 6]^L`` (so it spans every mode), with the prior, which keeps the density ratio
-    bounded; the bound ``M`` is the grid's maximum refined by L-BFGS. A draw is accepted
-    with probability ``p(z, x_o) / (M q(z))``.
+    ``[-6, 6]^L`` (wider when a posterior mode lies far out), so it spans every mode, with
+    the prior, which keeps the density ratio bounded; the bound ``M`` is the grid's maximum
+    refined by L-BFGS. A draw is accepted with probability ``p(z, x_o) / (M q(z))``. Should
+    a proposal ever exceed the bound (by more than float32 rounding, 0.001 nats), that
+    query's bound is raised to it and its accepted draws are discarded, so every returned
+    draw was accepted under a bound no proposal exceeded.
 
     Returns
     -------
@@ -179,6 +207,11 @@ def rejection_sample(
             part = _DefensiveProposal(proposal.loc[rows], proposal.tril[rows], widening=1.0)
             z = part.sample(per_round, generator)
             log_ratio = evidence.subset(rows).log_joint(z) - part.log_prob(z) - bound[rows]
+            exceeded = log_ratio.amax(0) > _BOUND_TOLERANCE
+            if bool(exceeded.any()):  # the bound was wrong: raise it and start those again
+                bound[rows[exceeded]] += log_ratio.amax(0)[exceeded]
+                counts[rows[exceeded]] = 0
+                log_ratio[:, exceeded] = -math.inf
             uniforms = torch.rand(log_ratio.shape, generator=generator).to(z.device)
             keep = torch.log(uniforms) < log_ratio
             slot = counts[rows] + keep.long().cumsum(0) - 1  # where each accepted draw goes
@@ -216,8 +249,8 @@ def pseudo_gibbs_sample(
     device = evidence.x.device
     chains = min(n_chains, n_samples)
     x = evidence.x.expand(chains, -1, -1)
-    mask = evidence.mask.expand(chains, -1, -1)
-    everything = torch.ones_like(mask)
+    mask = evidence.mask  # (Q, d): likelihoods broadcast it over the chains
+    everything = torch.ones_like(x, dtype=torch.bool)
     filled = torch.where(mask, x, torch.zeros_like(x))
     draws = []
     for iteration in range(n_burnin + math.ceil(n_samples / chains)):

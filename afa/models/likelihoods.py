@@ -302,9 +302,9 @@ class CorrelatedGaussianLikelihood(nn.Module):
         """
         centre, scale, correlation, precision = self._regression(x, decoder_output, mask)
         precision = embed_block(precision, mask, fill=0.0)
-        residual = correlation - correlation @ precision @ correlation  # C_uu given o
-        jitter = self.jitter * torch.diag_embed((~mask).to(residual.dtype))
-        factor = torch.linalg.cholesky(embed_block(residual, ~mask) + jitter).to(centre.dtype)
+        # C_uu given o; C carries the jitter, so this is at least jitter * I: no more is added
+        residual = correlation - correlation @ precision @ correlation
+        factor = torch.linalg.cholesky(embed_block(residual, ~mask)).to(centre.dtype)
         correlated = torch.einsum("nij,...nj->...ni", factor, noise.expand(centre.shape))
         return torch.where(mask, x, centre + scale * correlated)
 
