@@ -55,6 +55,40 @@ class _ExactConditionalImputer(OneToOneFeatureMixin, TransformerMixin, BaseEstim
             raise ValueError("X has NaN: the conditional log-likelihood needs complete rows.")
         return X, as_observed_mask(observed_mask, X.shape)
 
+    def transform(self, X: Any) -> np.ndarray:
+        """Replace NaN entries by their exact conditional mean given the row's other entries.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+            NaN marks an entry to impute.
+
+        Returns
+        -------
+        ndarray of shape (n_samples, n_features)
+            Observed entries are returned unchanged.
+        """
+        X = self._check_rows(X)
+        return self._impute(X, ~np.isnan(X))
+
+    def score_conditional(self, X: Any, observed_mask: Any) -> np.ndarray:
+        """Exact ``log p(x_u | x_o)`` per row, in nats, summed over the unobserved entries.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+            Complete rows.
+        observed_mask : array-like of bool, shape (n_samples, n_features)
+            True where an entry is conditioned on, False where it is scored.
+
+        Returns
+        -------
+        ndarray of shape (n_samples,)
+            Rows with nothing unobserved score 0.
+        """
+        X, observed = self._scored_rows(X, observed_mask)
+        return self._log_conditional(X, observed)
+
     def score(self, X: Any, y: None = None) -> float:
         """Mean ``log p(x_u | x_o)`` per row under seeded Bernoulli(0.5) masks.
 
@@ -142,37 +176,10 @@ class GaussianImputer(_ExactConditionalImputer):
             ) from None
         return self
 
-    def transform(self, X: Any) -> np.ndarray:
-        """Replace NaN entries by their exact conditional mean given the row's other entries.
+    def _impute(self, X: np.ndarray, observed: np.ndarray) -> np.ndarray:
+        return gaussian_conditional_mean(self.mean_, self.covariance_, X, observed)
 
-        Parameters
-        ----------
-        X : array-like of shape (n_samples, n_features)
-
-        Returns
-        -------
-        ndarray of shape (n_samples, n_features)
-            Observed entries are returned unchanged.
-        """
-        X = self._check_rows(X)
-        return gaussian_conditional_mean(self.mean_, self.covariance_, X, ~np.isnan(X))
-
-    def score_conditional(self, X: Any, observed_mask: Any) -> np.ndarray:
-        """Exact ``log p(x_u | x_o)`` per row, in nats, summed over the unobserved entries.
-
-        Parameters
-        ----------
-        X : array-like of shape (n_samples, n_features)
-            Complete rows.
-        observed_mask : array-like of bool, shape (n_samples, n_features)
-            True where an entry is conditioned on, False where it is scored.
-
-        Returns
-        -------
-        ndarray of shape (n_samples,)
-            Rows with nothing unobserved score 0.
-        """
-        X, observed = self._scored_rows(X, observed_mask)
+    def _log_conditional(self, X: np.ndarray, observed: np.ndarray) -> np.ndarray:
         return gaussian_conditional_log_likelihood(self.mean_, self.covariance_, X, observed)
 
 
@@ -309,37 +316,9 @@ class GaussianMixtureImputer(_ExactConditionalImputer):
             imputed.append(torch.where(mask.bool(), rows, completed).numpy())
         return np.concatenate(log_marginals), np.concatenate(imputed)
 
-    def transform(self, X: Any) -> np.ndarray:
-        """Replace NaN entries by their exact conditional mean under the mixture.
+    def _impute(self, X: np.ndarray, observed: np.ndarray) -> np.ndarray:
+        return self._conditional(X, observed)[1]
 
-        Parameters
-        ----------
-        X : array-like of shape (n_samples, n_features)
-            NaN marks an entry to impute.
-
-        Returns
-        -------
-        ndarray of shape (n_samples, n_features)
-            Observed entries are returned unchanged.
-        """
-        X = self._check_rows(X)
-        return self._conditional(X, ~np.isnan(X))[1]
-
-    def score_conditional(self, X: Any, observed_mask: Any) -> np.ndarray:
-        """Exact ``log p(x_u | x_o)`` per row, in nats, summed over the unobserved entries.
-
-        Parameters
-        ----------
-        X : array-like of shape (n_samples, n_features)
-            Complete rows.
-        observed_mask : array-like of bool, shape (n_samples, n_features)
-            True where an entry is conditioned on, False where it is scored.
-
-        Returns
-        -------
-        ndarray of shape (n_samples,)
-            Rows with nothing unobserved score 0.
-        """
-        X, observed = self._scored_rows(X, observed_mask)
+    def _log_conditional(self, X: np.ndarray, observed: np.ndarray) -> np.ndarray:
         log_joint = self.mixture_.score_samples(X)
         return np.where(observed.all(axis=1), 0.0, log_joint - self._conditional(X, observed)[0])
