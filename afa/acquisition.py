@@ -224,11 +224,10 @@ class LookaheadAcquirer(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
     costs : array-like of shape (n_actions,), dict or Series, default=None
         Cost of each action; decisions maximise gain per unit cost (a negative gain
         estimate is multiplied by the cost instead), and ties go to the cheaper action. An
-        array follows
-        ``actions_`` (the target's own entry is never used); a dict or pandas Series is
-        keyed by column, index or fitted name, a group by any one of its columns, and may
-        leave out the target. None means unit costs. ``acquire_next`` and ``acquire``
-        accept their own ``costs``.
+        array follows ``actions_`` (the target's own entry is never used); a dict or pandas
+        Series is keyed by column, index or fitted name, a group by any one of its columns,
+        and may leave out the target. None means unit costs. ``acquire_next`` and
+        ``acquire`` accept their own ``costs``.
     min_gain : float, default=None
         Stopping rule: a row stops (``-1``) when its best expected gain (nats for
         ``"entropy"``, a share in [0, 1] for ``"variance"``) falls below this. Not applied
