@@ -607,6 +607,16 @@ def test_parameters_changed_after_fit_are_checked_again(base, data):
         imputer.transform(_queries(data)[2])
 
 
+def test_sampled_imputations_are_independent_across_rows(base, data):
+    imputer = _imputer(base, inference="gvi").fit(data)
+    X = data[:60].copy()
+    X[:, 3] = np.nan
+    draws = imputer.sample(X, 100)[:, :, 3]
+    correlation = np.corrcoef(draws.T)
+    assert abs((correlation.sum() - 60) / (60 * 59)) < 0.05
+    np.testing.assert_allclose(imputer.sample(X[5:7], 100)[:, 1, 3], draws[:, 6], atol=1e-5)
+
+
 def test_sample_seeds_may_be_numpy_integers_or_random_states(base, data):
     imputer = _imputer(base, inference="gvi").fit(data)
     X_nan = _queries(data)[2]

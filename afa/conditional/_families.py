@@ -70,10 +70,19 @@ class AffineFamily:
     def transform(
         self, params: torch.Tensor, noise: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(z, log|det ∂z/∂ε|)`` of shapes ``(N, Q, L)`` and ``(N, Q)`` for noise ``(N, L)``."""
+        """``(z, log|det ∂z/∂ε|)`` of shapes ``(N, Q, L)`` and ``(N, Q)`` for noise ``(N, L)``
+        shared by the queries, or ``(N, Q, L)``, each query's own."""
         loc, tril, log_det = self._split(params)
-        z = loc + torch.einsum("qij,nj->nqi", tril, noise)
+        z = loc + _per_query(tril, noise)
         return z, log_det.expand(noise.shape[0], -1)
+
+
+def _per_query(matrices: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+    """``matrices[q] @ noise`` for every draw and query: ``(N, Q, ·)`` from matrices
+    ``(Q, ·, L)`` and noise ``(N, L)`` (shared) or ``(N, Q, L)`` (per query)."""
+    if noise.dim() == 2:
+        return torch.einsum("qij,nj->nqi", matrices, noise)
+    return torch.einsum("qij,nqj->nqi", matrices, noise)
 
 
 class PlanarFamily(AffineFamily):
@@ -106,7 +115,8 @@ class PlanarFamily(AffineFamily):
     def transform(
         self, params: torch.Tensor, noise: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(z, log|det ∂z/∂ε|)`` of shapes ``(N, Q, L)`` and ``(N, Q)`` for noise ``(N, L)``."""
+        """``(z, log|det ∂z/∂ε|)`` of shapes ``(N, Q, L)`` and ``(N, Q)`` for noise ``(N, L)``
+        or ``(N, Q, L)`` (as :meth:`AffineFamily.transform`)."""
         z, log_det = super().transform(params, noise)
         L = self.latent_dim
         layers = params[:, self.affine_parameters :].reshape(-1, self.n_layers, 2 * L + 1)
@@ -160,15 +170,16 @@ class MLPFamily(AffineFamily):
     def transform(
         self, params: torch.Tensor, noise: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(z, log|det ∂z/∂ε|)`` of shapes ``(N, Q, L)`` and ``(N, Q)`` for noise ``(N, L)``."""
+        """``(z, log|det ∂z/∂ε|)`` of shapes ``(N, Q, L)`` and ``(N, Q)`` for noise ``(N, L)``
+        or ``(N, Q, L)`` (as :meth:`AffineFamily.transform`)."""
         L, H = self.latent_dim, self.n_hidden
         loc, tril, _ = self._split(params)
         mlp = params[:, self.affine_parameters :]
         hidden = mlp[:, : H * L].reshape(-1, H, L)
         bias = mlp[:, H * L : H * L + H]
         out = mlp[:, H * L + H :].reshape(-1, L, H)
-        activation = torch.tanh(torch.einsum("qhl,nl->nqh", hidden, noise) + bias)
-        z = loc + torch.einsum("qij,nj->nqi", tril, noise)
+        activation = torch.tanh(_per_query(hidden, noise) + bias)
+        z = loc + _per_query(tril, noise)
         z = z + torch.einsum("qlh,nqh->nql", out, activation)
         jacobian = tril + torch.einsum("qlh,nqh,qhk->nqlk", out, 1 - activation.square(), hidden)
         return z, torch.linalg.slogdet(jacobian).logabsdet

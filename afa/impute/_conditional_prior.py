@@ -14,7 +14,7 @@ from sklearn.frozen import FrozenEstimator
 from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_is_fitted, validate_data
 
-from afa._torch import call_seed, standard_normal
+from afa._torch import call_seed
 from afa.conditional import (
     FAMILIES,
     MAX_FCN_LATENT,
@@ -35,6 +35,7 @@ from afa.impute._posterior_matching import (
     check_n_samples,
     check_score_inputs,
 )
+from afa.masks import row_keyed_normals
 
 __all__ = ["ConditionalPriorImputer", "QueryPosteriors"]
 
@@ -83,7 +84,13 @@ class QueryPosteriors:
             Seed of the draws; ``None`` uses the imputer's seed (repeatable draws).
         """
         seed = call_seed(random_state)
-        return self.imputer._draw_latents(self, n_samples, seed).cpu().numpy()
+        return self.imputer._draw_latents(self, n_samples, seed, per_row=True).cpu().numpy()
+
+
+def _keyed_rows(evidence: Evidence) -> np.ndarray:
+    """The rows as the noise of :func:`~afa.masks.row_keyed_normals` is keyed: evidence
+    values, NaN elsewhere."""
+    return np.where(evidence.mask.cpu().numpy(), evidence.x.double().cpu().numpy(), np.nan)
 
 
 class ConditionalPriorImputer(
@@ -406,17 +413,27 @@ learning_rate_init, early_stopping : see :class:`PosteriorMatchingImputer`
         return self._condition(self._evidence(X)[2])
 
     def _draw_latents(
-        self, posteriors: QueryPosteriors, n_samples: int, seed: int | None
+        self, posteriors: QueryPosteriors, n_samples: int, seed: int | None, per_row: bool = False
     ) -> torch.Tensor:
-        """``(n_samples, n, L)`` draws of ``z`` given each row's evidence."""
+        """``(n_samples, n, L)`` draws of ``z`` given each row's evidence.
+
+        The conditional priors share one noise batch across rows (common random numbers, for
+        the averages of ``transform`` and the scores), or with ``per_row`` draw each row's
+        own noise from its evidence (independent draws, for ``sample``).
+        """
         check_n_samples(n_samples)
         evidence, generator = posteriors.evidence, self._generator(2, seed)
         if posteriors.family is not None:
-            noise = torch.randn(n_samples, evidence.latent_dim, generator=generator)
+            if per_row:
+                values = row_keyed_normals(
+                    _keyed_rows(evidence), n_samples, evidence.latent_dim, self._stream(seed, 1)
+                )
+                noise = torch.as_tensor(values, dtype=evidence.x.dtype)
+            else:
+                noise = torch.randn(n_samples, evidence.latent_dim, generator=generator)
             with torch.no_grad():
-                return posteriors.family.transform(posteriors.params, noise.to(evidence.x.device))[
-                    0
-                ]
+                z, _ = posteriors.family.transform(posteriors.params, noise.to(evidence.x.device))
+            return z
         if self.inference == "hmc":
             return hmc_sample(
                 evidence, n_samples, generator, n_chains=self.n_chains, n_burnin=self.n_burnin
@@ -429,6 +446,10 @@ learning_rate_init, early_stopping : see :class:`PosteriorMatchingImputer`
                 evidence, encoder, n_samples, generator, self.n_chains, self.n_burnin
             )
 
+    def _stream(self, seed: int | None, stream: int) -> int:
+        """A seed for one of a call's noise streams, distinct across calls' seeds."""
+        return 2 * (self._seed_ if seed is None else seed) + stream
+
     def _latents(self, evidence: Evidence, n_samples: int, seed: int | None) -> torch.Tensor:
         return self._draw_latents(self._condition(evidence), n_samples, seed)
 
@@ -439,11 +460,7 @@ learning_rate_init, early_stopping : see :class:`PosteriorMatchingImputer`
         False, the mean over the latents of ``E[x | x_o, z]``, ``(1, n, d)``."""
         likelihood, out = evidence.likelihood, []
         per_chunk = max(1, NOISE_ELEMENTS_PER_CHUNK // (z.shape[0] * evidence.x.shape[1]))
-        value_noise = standard_normal(
-            (z.shape[0], 1, evidence.x.shape[1]),
-            self._seed_ + 3 if seed is None else seed + 3,
-            evidence.x.device,
-        )
+        keyed = _keyed_rows(evidence) if draw else None
         with torch.no_grad():
             for rows in torch.arange(len(evidence)).split(per_chunk):
                 x, mask, output = (
@@ -451,7 +468,11 @@ learning_rate_init, early_stopping : see :class:`PosteriorMatchingImputer`
                     evidence.mask[rows],
                     evidence.decoder(z[:, rows]),
                 )
-                if draw:
+                if draw:  # each row's own value noise, as its latents
+                    values = row_keyed_normals(
+                        keyed[rows.numpy()], z.shape[0], x.shape[1], self._stream(seed, 2)
+                    )
+                    value_noise = torch.as_tensor(values, dtype=x.dtype, device=x.device)
                     out.append(likelihood.conditional_sample(x, output, mask, value_noise))
                 else:
                     out.append(likelihood.conditional_mean(x, output, mask).mean(0, keepdim=True))
@@ -485,6 +506,10 @@ learning_rate_init, early_stopping : see :class:`PosteriorMatchingImputer`
     ) -> np.ndarray:
         """Multiple imputations: ``z`` from each row's conditional prior, then ``x ~ p(x | z)``.
 
+        With the conditional priors the draws are independent across rows, and a row's
+        draws depend only on its evidence and the seed; the samplers' chains follow one
+        random stream per call.
+
         Parameters
         ----------
         X : array-like or DataFrame of shape (n, d)
@@ -499,7 +524,8 @@ learning_rate_init, early_stopping : see :class:`PosteriorMatchingImputer`
         check_n_samples(n_samples)
         random_state = call_seed(random_state)
         X, observed, evidence = self._evidence(X)
-        z = self._latents(evidence, n_samples, random_state)
+        posteriors = self._condition(evidence)
+        z = self._draw_latents(posteriors, n_samples, random_state, per_row=True)
         draws = self._to_data_units(self._decode(evidence, z, True, random_state))
         return np.where(observed, X, draws.astype(X.dtype))
 

@@ -17,7 +17,7 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 
 from afa._torch import call_seed, resolve_device, seeded, standard_normal, to_tensor
 from afa._training import Trainer, TrainingSettings
-from afa.masks import TRAINING_MASKS, as_observed_mask, row_hash_uniforms
+from afa.masks import TRAINING_MASKS, as_observed_mask, row_hash_uniforms, row_keyed_normals
 from afa.models import PosteriorMatchingVAE
 from afa.posteriors import POSTERIOR_FAMILIES
 
@@ -108,6 +108,11 @@ def _check_rows_observed(observed: np.ndarray) -> None:
             f"Training rows {describe_rows(empty_rows)} have no observed values; drop them "
             "before fitting."
         )
+
+
+def _as_noise(values: np.ndarray, like: torch.Tensor) -> torch.Tensor:
+    """Noise drawn in numpy as a tensor of ``like``'s dtype and device."""
+    return torch.as_tensor(values, dtype=like.dtype, device=like.device)
 
 
 def check_n_samples(n_samples: object) -> int:
@@ -675,7 +680,8 @@ default="auto"
         """Multiple imputations: draws of ``x_u`` from the model given ``x_o``.
 
         Each draw takes ``z ~ q(z | x_o)`` and then ``x ~ p(x | z)``; observed entries are
-        kept exactly.
+        kept exactly. Draws are independent across rows, and a row's draws depend only on
+        its own entries and the seed, not on the rest of the batch.
 
         Parameters
         ----------
@@ -694,11 +700,16 @@ default="auto"
         X, observed = self._validate(X, reset=False)
         model = self._model()
         x, mask = self._tensors(X, observed)
-        latent_noise = self._noise(n_samples, model.partial_posterior.noise_dim, 1, random_state)
-        value_noise = self._noise(n_samples, X.shape[1], 2, random_state)
+        seed = self._inference_seed_ if random_state is None else random_state
+        keyed = np.where(observed, X, np.nan)  # each row's noise follows from its evidence
+        noise_dim = model.partial_posterior.noise_dim
         draws = np.empty((n_samples,) + X.shape, dtype=np.float64)
         for chunk in self._chunks(X.shape[0], n_samples):
-            values = model.sample_completions(x[chunk], mask[chunk], latent_noise, value_noise)
+            latent_noise = row_keyed_normals(keyed[chunk], n_samples, noise_dim, 2 * seed + 1)
+            value_noise = row_keyed_normals(keyed[chunk], n_samples, X.shape[1], 2 * seed + 2)
+            values = model.sample_completions(
+                x[chunk], mask[chunk], _as_noise(latent_noise, x), _as_noise(value_noise, x)
+            )
             draws[:, chunk] = values.double().cpu().numpy() * self.scale_ + self.mean_
         return np.where(observed, X, draws.astype(X.dtype))
 
