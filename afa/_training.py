@@ -126,18 +126,26 @@ class Trainer:
     def _device(self) -> torch.device:
         return next(self.model.parameters()).device
 
-    def _step(self, x: torch.Tensor, mask: torch.Tensor, generator, kl_weight: float):
-        loss, terms = self.model.loss(x, mask, generator, kl_weight)
+    def _diverged(self, what: str, step: int | None = None) -> TrainingDivergedError:
+        where = f"epoch {self.epoch + 1}" + ("" if step is None else f", step {step + 1}")
+        return TrainingDivergedError(
+            f"{what} in {where}. Try a smaller learning_rate_init, a larger batch_size or a "
+            "larger weight_decay, and check the data for extreme outliers."
+        )
+
+    def _step(self, x: torch.Tensor, mask: torch.Tensor, generator, kl_weight: float, step: int):
+        try:
+            loss, terms = self.model.loss(x, mask, generator, kl_weight)
+        except torch.linalg.LinAlgError as error:  # e.g. a factorisation of diverged weights
+            raise self._diverged(f"A factorisation failed ({error})", step) from error
         if not torch.isfinite(loss):
-            raise TrainingDivergedError(
-                f"The training loss became {float(loss.detach())} in epoch {self.epoch + 1}. "
-                "Try a smaller learning_rate_init, a larger batch_size or a larger "
-                "weight_decay, and check the data for extreme outliers."
-            )
+            raise self._diverged(f"The training loss became {float(loss.detach())}", step)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        if self.settings.max_grad_norm is not None:
-            nn.utils.clip_grad_norm_(self.model.parameters(), self.settings.max_grad_norm)
+        cap = self.settings.max_grad_norm
+        norm = nn.utils.clip_grad_norm_(self.model.parameters(), math.inf if cap is None else cap)
+        if not torch.isfinite(norm):
+            raise self._diverged("The gradient became non-finite", step)
         self.optimizer.step()
         return {"loss": float(loss.detach()), **terms}
 
@@ -145,8 +153,10 @@ class Trainer:
     def run_epoch(self, x: torch.Tensor, mask: torch.Tensor) -> dict[str, float]:
         """One pass over ``(x, mask)`` in shuffled mini-batches; returns the epoch's means."""
         device = self._device()
+        # the decay stops at max_iter, so partial_fit beyond it keeps the final rate
+        decayed_epochs = min(self.epochs_run, self.settings.max_iter)
         learning_rate = (
-            self.settings.learning_rate_init * self.settings.learning_rate_decay**self.epochs_run
+            self.settings.learning_rate_init * self.settings.learning_rate_decay**decayed_epochs
         )
         for group in self.optimizer.param_groups:
             group["lr"] = learning_rate
@@ -156,8 +166,8 @@ class Trainer:
         with seeded(self.seed + self.epoch, device):
             generator = torch.Generator(device=device).manual_seed(self.seed + self.epoch)
             order = torch.randperm(x.shape[0], generator=generator, device=device)
-            for batch in order.split(self.settings.batch_size):
-                terms = self._step(x[batch], mask[batch], generator, kl_weight)
+            for step, batch in enumerate(order.split(self.settings.batch_size)):
+                terms = self._step(x[batch], mask[batch], generator, kl_weight, step)
                 for name, value in terms.items():
                     totals[name] = totals.get(name, 0.0) + value * len(batch)
         self.epochs_run += 1
@@ -179,8 +189,14 @@ class Trainer:
         total = 0.0
         for start in range(0, x.shape[0], self.settings.batch_size):
             rows = slice(start, start + self.settings.batch_size)
-            loss, _ = self.model.loss(x[rows], mask[rows], generator, 1.0)
+            try:
+                loss, _ = self.model.loss(x[rows], mask[rows], generator, 1.0)
+            except torch.linalg.LinAlgError as error:
+                failure = f"A factorisation failed on validation rows ({error})"
+                raise self._diverged(failure) from error
             total += float(loss) * x[rows].shape[0]
+        if not math.isfinite(total):
+            raise self._diverged(f"The validation loss became {total}")
         return total / x.shape[0]
 
     def record(self, values: dict[str, float]) -> None:

@@ -228,3 +228,48 @@ def test_sample_seed_of_a_wrong_type(fitted, data_nan):
     )
     with pytest.raises(ValueError, match="random_state must be None, an integer"):
         fitted.sample(data_nan[:3], 2, random_state=1.5)
+
+
+@pytest.mark.parametrize("warm_start", [False, True])
+def test_a_failed_fit_leaves_the_previous_model(data_nan, warm_start):
+    from afa.exceptions import TrainingDivergedError
+
+    imp = tiny_imputer(warm_start=warm_start).fit(data_nan)
+    before, epochs = imp.transform(data_nan), imp.n_iter_
+    with pytest.raises(TrainingDivergedError):
+        imp.set_params(learning_rate_init=1e30, early_stopping=False).fit(data_nan)
+    np.testing.assert_array_equal(imp.transform(data_nan), before)
+    assert imp.n_iter_ == epochs and len(imp.history_["loss"]) == epochs
+    with pytest.raises(TrainingDivergedError):
+        tiny_imputer(learning_rate_init=1e30, early_stopping=False).partial_fit(data_nan)
+
+
+def test_a_failed_first_fit_leaves_the_estimator_unfitted(data_nan):
+    from afa.exceptions import TrainingDivergedError
+
+    imp = tiny_imputer(learning_rate_init=1e30, early_stopping=False)
+    with pytest.raises(TrainingDivergedError):
+        imp.fit(data_nan)
+    with pytest.raises(NotFittedError):
+        imp.transform(data_nan)
+
+
+@pytest.mark.parametrize(
+    ("change", "fragment"),
+    [({"latent_dim": 3}, "latent_dim=3"), ({"posterior": "flow"}, "posterior='flow'")],
+)
+def test_warm_start_refuses_a_different_architecture(data_nan, change, fragment):
+    imp = tiny_imputer(warm_start=True).fit(data_nan)
+    with pytest.raises(ValueError, match=f"cannot take {fragment}"):
+        imp.set_params(**change).fit(data_nan)
+    with pytest.raises(ValueError, match=f"cannot take {fragment}"):
+        imp.partial_fit(data_nan)
+
+
+def test_float32_columns_with_a_huge_spread_get_float64_statistics(data):
+    X = (data * 1e30).astype(np.float32)  # their standard deviation overflows float32
+    imp = tiny_imputer().fit(X)
+    assert np.isfinite(imp.scale_).all()
+    hidden = X.copy()
+    hidden[:5, 1] = np.nan
+    assert np.isfinite(imp.transform(hidden)).all()

@@ -171,11 +171,60 @@ def test_kl_weights_and_learning_rate_decay_follow_the_settings():
     assert [w for _, w in model.calls[::4]] == [0.0, 1.0, 0.0, 1.0]
 
 
+def test_learning_rate_decay_stops_at_max_iter():
+    trainer = Trainer(QuadraticModel(), _settings(max_iter=3, learning_rate_decay=0.5), seed=0)
+    for _ in range(6):  # as partial_fit calls beyond max_iter do
+        trainer.record(trainer.run_epoch(*_data()))
+    assert trainer.history["learning_rate"] == pytest.approx(
+        [1e-2, 5e-3, 2.5e-3, 1.25e-3, 1.25e-3, 1.25e-3]
+    )
+
+
 def test_nan_loss_raises_training_diverged():
     trainer = Trainer(NaNModel(), _settings(), seed=0)
     with pytest.raises(TrainingDivergedError, match="epoch 1"):
         trainer.fit(_data(), None, n_epochs=3)
     assert issubclass(TrainingDivergedError, RuntimeError)
+
+
+class NaNGradientModel(QuadraticModel):
+    """A finite loss whose gradient is NaN (sqrt at 0)."""
+
+    def loss(self, x, mask, generator, kl_weight=1.0):
+        value = (x - self.w).square().mean() + 0.0 * torch.sqrt(self.w - self.w).sum()
+        return value, {"elbo": 0.0, "kl": 0.0, "pm": 0.0}
+
+
+class FailingFactorisationModel(QuadraticModel):
+    def loss(self, x, mask, generator, kl_weight=1.0):
+        torch.linalg.cholesky(-torch.eye(2))
+        raise AssertionError("unreachable")
+
+
+class NaNValidationModel(QuadraticModel):
+    def loss(self, x, mask, generator, kl_weight=1.0):
+        value, terms = super().loss(x, mask, generator, kl_weight)
+        return (value if self.training else value * math.nan), terms
+
+
+@pytest.mark.parametrize("max_grad_norm", [1.0, None])
+def test_a_non_finite_gradient_raises_training_diverged(max_grad_norm):
+    trainer = Trainer(NaNGradientModel(), _settings(max_grad_norm=max_grad_norm), seed=0)
+    with pytest.raises(TrainingDivergedError, match="non-finite in epoch 1, step 1"):
+        trainer.fit(_data(), None, n_epochs=2)
+
+
+def test_a_failed_factorisation_raises_training_diverged():
+    trainer = Trainer(FailingFactorisationModel(), _settings(), seed=0)
+    with pytest.raises(TrainingDivergedError, match="factorisation failed"):
+        trainer.fit(_data(), None, n_epochs=1)
+
+
+def test_a_non_finite_validation_loss_raises_training_diverged():
+    trainer = Trainer(NaNValidationModel(), _settings(), seed=0)
+    x, mask = _data(40)
+    with pytest.raises(TrainingDivergedError, match="validation loss became nan"):
+        trainer.fit((x[:30], mask[:30]), (x[30:], mask[30:]), n_epochs=2)
 
 
 def test_early_stopping_stops_and_restores_best_weights():

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 import numbers
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -480,10 +481,17 @@ default="auto"
         capacity = self._resolve_capacity(X.shape[0], X.shape[1])
         self.hyperparameters_ = asdict(capacity)
         if self.likelihood != "bernoulli":
-            with np.errstate(invalid="ignore"):
-                masked = np.where(observed, X, np.nan)
-                self.mean_ = np.nanmean(masked, axis=0).astype(np.float64)
-                scale = np.nanstd(masked, axis=0).astype(np.float64)
+            with np.errstate(invalid="ignore", over="ignore"):
+                masked = np.where(observed, X, np.nan).astype(np.float64)
+                self.mean_ = np.nanmean(masked, axis=0)
+                scale = np.nanstd(masked, axis=0)
+            spread = ~(np.isfinite(self.mean_) & np.isfinite(scale))
+            if spread.any():
+                names = getattr(self, "feature_names_in_", np.arange(X.shape[1]))[spread]
+                raise ValueError(
+                    f"Columns {list(map(str, names))} spread too widely for their mean and "
+                    "standard deviation to be finite in float64; rescale them."
+                )
             self.scale_ = np.where(scale > 0, scale, 1.0)
         else:
             self.mean_ = np.zeros(X.shape[1])
@@ -502,9 +510,56 @@ default="auto"
                 decoder_scale=capacity.decoder_scale,
             )
         self.model_ = model.to(resolve_device(self.device))
+        self._structure_ = self._structure(capacity)
         self._n_training_rows_ = X.shape[0]
         self._trainer = None
         self.history_: dict[str, list[float]] = {}
+
+    def _structure(self, capacity: _Capacity) -> dict[str, object]:
+        """What the built model fixes: a warm start cannot change it."""
+        return {
+            "posterior": self.posterior,
+            "likelihood": self.likelihood,
+            "latent_dim": capacity.latent_dim,
+            "hidden_layer_sizes": capacity.hidden_layer_sizes,
+            "decoder_scale": capacity.decoder_scale,
+        }
+
+    def _check_same_structure(self) -> None:
+        """A warm start continues the built model: refuse parameters it cannot follow."""
+        capacity = self._resolve_capacity(self._n_training_rows_, self.n_features_in_)
+        wanted = self._structure(capacity)
+        changed = [
+            f"{name}={wanted[name]!r} (built with {built!r})"
+            for name, built in getattr(self, "_structure_", wanted).items()
+            if wanted[name] != built and getattr(self, name) != "auto"
+        ]
+        if changed:
+            raise ValueError(
+                "warm_start continues the model already built, which cannot take "
+                + ", ".join(changed)
+                + ". Set warm_start=False to build a new one."
+            )
+
+    @contextlib.contextmanager
+    def _restored_on_failure(self) -> Iterator[None]:
+        """Undo a fit that raises: the estimator keeps its state from before the call (or
+        stays unfitted), never a half-trained or diverged model."""
+        before = {name: value for name, value in vars(self).items() if name.endswith("_")}
+        model = before.get("model_")
+        weights = copy.deepcopy(model.state_dict()) if model is not None else None
+        trainer = getattr(self, "_trainer", None)
+        try:
+            yield
+        except BaseException:
+            for name in [name for name in vars(self) if name.endswith("_")]:
+                delattr(self, name)
+            vars(self).update(before)
+            if weights is not None:
+                model.load_state_dict(weights)
+            # the trainer's optimiser state may have moved with the failed epochs
+            self._trainer = None if trainer is None or weights is not None else trainer
+            raise
 
     def _new_trainer(self) -> Trainer:
         """A trainer for ``model_`` with the current training parameters.
@@ -566,23 +621,25 @@ default="auto"
         self
         """
         self._check_params()
-        if self.warm_start and hasattr(self, "model_"):
-            X, observed = self._validate(X, reset=False)
-            _check_rows_observed(observed)
-        else:
-            X, observed = self._validate_training_data(X)
-            self._initialise(X, observed)
-        x, mask = self._tensors(X, observed)
-        train_rows, validation_rows = (
-            torch.as_tensor(rows, device=x.device) for rows in self._split(X.shape[0])
-        )
-        self._trainer = self._new_trainer()
-        self._trainer.fit(
-            (x[train_rows], mask[train_rows]),
-            (x[validation_rows], mask[validation_rows]),
-            self.hyperparameters_["max_iter"],
-        )
-        self._store_history(self._trainer)
+        with self._restored_on_failure():
+            if self.warm_start and hasattr(self, "model_"):
+                self._check_same_structure()
+                X, observed = self._validate(X, reset=False)
+                _check_rows_observed(observed)
+            else:
+                X, observed = self._validate_training_data(X)
+                self._initialise(X, observed)
+            x, mask = self._tensors(X, observed)
+            train_rows, validation_rows = (
+                torch.as_tensor(rows, device=x.device) for rows in self._split(X.shape[0])
+            )
+            self._trainer = self._new_trainer()
+            self._trainer.fit(
+                (x[train_rows], mask[train_rows]),
+                (x[validation_rows], mask[validation_rows]),
+                self.hyperparameters_["max_iter"],
+            )
+            self._store_history(self._trainer)
         return self
 
     def partial_fit(self, X, y=None) -> PosteriorMatchingImputer:
@@ -600,16 +657,18 @@ default="auto"
         self
         """
         self._check_params()
-        if not hasattr(self, "model_"):
-            X, observed = self._validate_training_data(X)
-            self._initialise(X, observed)
-        else:
-            X, observed = self._validate(X, reset=False)
-            _check_rows_observed(observed)
-        if getattr(self, "_trainer", None) is None:
-            self._trainer = self._new_trainer()
-        self._trainer.record(self._trainer.run_epoch(*self._tensors(X, observed)))
-        self._store_history(self._trainer)
+        with self._restored_on_failure():
+            if not hasattr(self, "model_"):
+                X, observed = self._validate_training_data(X)
+                self._initialise(X, observed)
+            else:
+                self._check_same_structure()
+                X, observed = self._validate(X, reset=False)
+                _check_rows_observed(observed)
+            if getattr(self, "_trainer", None) is None:
+                self._trainer = self._new_trainer()
+            self._trainer.record(self._trainer.run_epoch(*self._tensors(X, observed)))
+            self._store_history(self._trainer)
         return self
 
     # ------------------------------------------------------------------ inference helpers
