@@ -1,4 +1,4 @@
-"""Greedy acquisition on MNIST 16x16: lookahead vs sampling vs random (DESIGN §4).
+"""Greedy acquisition on MNIST 16x16: lookahead vs sampling vs random (PM Fig. 7 protocol).
 
 A Posterior-Matching VAE (MLP, Bernoulli decoder on the [0, 1] pixel intensities, Gaussian
 partial posterior so entropies are analytic, latent 10 as in the reference code, training
@@ -41,6 +41,7 @@ import torch
 from afa import LookaheadAcquirer, PosteriorMatchingImputer, __version__
 from afa._torch import resolve_device
 from afa.datasets import load_mnist
+from benchmarks._cli import device_name, positive_int
 from benchmarks._results import write_results
 
 RESULTS = Path(__file__).parent / "results"
@@ -238,10 +239,10 @@ def main(argv: list[str] | None = None) -> None:
         help="the imputer's partial posterior (entropies are exact only for gaussian)",
     )
     parser.add_argument("--criteria", nargs="+", choices=("entropy", "variance"))
-    parser.add_argument("--imputer-epochs", type=int, help="override the imputer's epochs")
-    parser.add_argument("--device", default="auto")
+    parser.add_argument("--imputer-epochs", type=positive_int, help="override the imputer's epochs")
+    parser.add_argument("--device", type=device_name, default="auto")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--threads", type=positive_int, default=2)
     parser.add_argument("--output-dir", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)

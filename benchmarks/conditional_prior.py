@@ -47,6 +47,7 @@ from afa._torch import resolve_device
 from afa.conditional import Evidence, grid_log_posterior
 from afa.datasets import load_mnist
 from afa.metrics import ssim
+from benchmarks._cli import device_name, positive_int
 from benchmarks._results import write_results
 
 RESULTS = Path(__file__).parent / "results"
@@ -746,9 +747,9 @@ def main(argv: list[str] | None = None) -> None:
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument("--quick", action="store_true", help="20k training images, 60/30 epochs")
     mode.add_argument("--smoke", action="store_true", help="tiny end-to-end check")
-    parser.add_argument("--device", default="auto")
+    parser.add_argument("--device", type=device_name, default="auto")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--threads", type=positive_int, default=2)
     parser.add_argument("--output-dir", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)

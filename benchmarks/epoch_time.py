@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from afa import PosteriorMatchingImputer, __version__
+from benchmarks._cli import positive_int
 from benchmarks._results import write_results
 
 POSTERIORS = ("gaussian", "autoregressive", "flow", "spline")
@@ -165,9 +166,9 @@ def to_markdown(record: dict) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rows", type=int, default=100_000)
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--rows", type=positive_int, default=100_000)
+    parser.add_argument("--repeats", type=positive_int, default=3)
+    parser.add_argument("--threads", type=positive_int, default=2)
     parser.add_argument("--output-dir", type=Path, default=RESULTS)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)

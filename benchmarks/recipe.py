@@ -29,6 +29,7 @@ from afa import PosteriorMatchingImputer, __version__
 from afa.baselines import GaussianImputer
 from afa.datasets import load_uci_maf
 from afa.metrics import nrmse
+from benchmarks._cli import json_object, positive_int
 from benchmarks._results import write_results
 
 RESULTS = Path(__file__).parent / "results"
@@ -99,11 +100,16 @@ def to_markdown(record: dict) -> str:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("dataset", choices=("power", "bsds300", "miniboone"))
-    parser.add_argument("configs", nargs="+", type=json.loads, help="JSON objects of parameters")
-    parser.add_argument("--train-rows", type=int, default=20_000)
-    parser.add_argument("--test-rows", type=int, default=500)
-    parser.add_argument("--n-samples", type=int, default=100)
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument(
+        "configs",
+        nargs="+",
+        type=json_object(reserved=("n_samples", "random_state")),
+        help="JSON objects of parameters",
+    )
+    parser.add_argument("--train-rows", type=positive_int, default=20_000)
+    parser.add_argument("--test-rows", type=positive_int, default=500)
+    parser.add_argument("--n-samples", type=positive_int, default=100)
+    parser.add_argument("--threads", type=positive_int, default=2)
     parser.add_argument("--output-dir", type=Path, default=RESULTS)
     parser.add_argument("--output-name")
     args = parser.parse_args(argv)

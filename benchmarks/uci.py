@@ -1,4 +1,4 @@
-"""UCI arbitrary-conditioning benchmark: the Posterior Matching Table 2 protocol (DESIGN §4).
+"""UCI arbitrary-conditioning benchmark: the Posterior Matching Table 2 protocol.
 
 For each dataset every method is fitted once on the training rows and then judged on the same
 test masks: in each of 5 trials every test entry is hidden with probability 0.5 (one
@@ -22,7 +22,6 @@ Writes ``benchmarks/results/uci[_quick].{json,md}``.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import time
@@ -41,6 +40,7 @@ from afa._torch import resolve_device
 from afa.baselines import GaussianImputer, GaussianMixtureImputer
 from afa.datasets import load_uci_maf
 from afa.metrics import nrmse
+from benchmarks._cli import device_name, json_object, positive_int
 from benchmarks._results import write_results
 
 RESULTS = Path(__file__).parent / "results"
@@ -380,16 +380,16 @@ def parse_settings(argv: list[str] | None = None) -> tuple[Settings, Path, int, 
     parser.add_argument("--quick", action="store_true", help="capped rows, PM autoregressive only")
     parser.add_argument("--datasets", nargs="+", choices=tuple(CAVEATS))
     parser.add_argument("--posteriors", nargs="+", choices=POSTERIORS)
-    parser.add_argument("--max-train-rows", type=int)
-    parser.add_argument("--max-test-rows", type=int)
-    parser.add_argument("--n-samples", type=int, help="K (default 512, as published)")
-    parser.add_argument("--device", default="auto")
+    parser.add_argument("--max-train-rows", type=positive_int)
+    parser.add_argument("--max-test-rows", type=positive_int)
+    parser.add_argument("--n-samples", type=positive_int, help="K (default 512, as published)")
+    parser.add_argument("--device", type=device_name, default="auto")
     parser.add_argument(
         "--pm-params",
-        type=json.loads,
+        type=json_object(reserved=("posterior", "n_samples", "device", "random_state")),
         help="JSON object of PosteriorMatchingImputer parameters, e.g. '{\"max_iter\": 50}'",
     )
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--threads", type=positive_int, default=2)
     parser.add_argument("--output-dir", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
     settings = QUICK if args.quick else FULL

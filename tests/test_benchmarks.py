@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 from sklearn.impute import SimpleImputer
@@ -90,6 +92,23 @@ def test_quick_settings_parse_and_override():
     assert settings.n_samples == 512 and settings.trials == 5
     full, *_ = uci.parse_settings(["--n-samples", "100"])
     assert full.n_samples == 100 and full.posteriors == uci.POSTERIORS
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--max-train-rows", "-5"], "--max-train-rows: must be a positive integer"),
+        (["--threads", "0"], "--threads: must be a positive integer"),
+        (["--device", "tpu"], "--device: device must be"),
+        (["--pm-params", '{"posterior": "flow"}'], r"\['posterior'\] are set by the benchmark"),
+        (["--pm-params", "[1]"], "must be a JSON object"),
+    ],
+)
+def test_bad_benchmark_arguments_stop_at_parsing(capsys, argv, message):
+    with pytest.raises(SystemExit) as stop:
+        uci.parse_settings(argv)
+    assert stop.value.code == 2
+    assert re.search(message, capsys.readouterr().err)
 
 
 def _acquisition_record(settings) -> dict:
