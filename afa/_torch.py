@@ -22,7 +22,10 @@ def resolve_device(name: str) -> torch.device:
     if not isinstance(name, str) or name.split(":")[0] not in {"cpu", "cuda"}:
         raise ValueError(f"device must be 'auto', 'cpu' or 'cuda'; got {name!r}.")
     if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"device={name!r} was requested but CUDA is not available here.")
+        raise ValueError(
+            f"device={name!r} was requested but CUDA is not available here (an estimator "
+            "fitted on a GPU runs here after set_params(device='cpu'))."
+        )
     return torch.device(name)
 
 

@@ -638,3 +638,11 @@ def test_neighbouring_sample_seeds_give_unrelated_draws(fitted, data):
     first, second = (fitted.sample(X, 1, random_state=seed)[0, :, 3] for seed in (0, 1))
     means = fitted.transform(X)[:, 3]
     assert abs(np.corrcoef(first - means, second - means)[0, 1]) < 0.15
+
+
+def test_hyperparameters_report_the_dropout_actually_used(data_nan):
+    single = tiny_imputer(hidden_layer_sizes=(8,), dropout=0.3).fit(data_nan)
+    assert single.hyperparameters_["dropout"] == 0.0  # one layer: no residual block
+    double = tiny_imputer(hidden_layer_sizes=(8, 8), dropout=0.3).fit(data_nan)
+    assert double.hyperparameters_["dropout"] == 0.3
+    assert any(isinstance(m, torch.nn.Dropout) for m in double.model_.modules())

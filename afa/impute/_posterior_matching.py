@@ -420,6 +420,8 @@ default="auto"
             for name, value in chosen.items()
         }
         resolved["hidden_layer_sizes"] = tuple(int(s) for s in resolved["hidden_layer_sizes"])
+        if len(resolved["hidden_layer_sizes"]) == 1:  # no residual block to drop out in
+            resolved["dropout"] = 0.0
         return _Capacity(**resolved)
 
     # ------------------------------------------------------------------ validation
