@@ -11,7 +11,7 @@ import torch
 from afa import __version__
 from afa.demo import format_table, run_demo
 
-__all__ = ["build_parser", "main"]
+__all__ = ["build_parser", "main", "positive_int"]
 
 DEFAULT_THREADS = 2
 
@@ -36,7 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress (INFO)")
     parser.add_argument(
         "--threads",
-        type=_positive_int,
+        type=positive_int,
         default=DEFAULT_THREADS,
         help=f"torch CPU threads (default: {DEFAULT_THREADS})",
     )
@@ -53,8 +53,14 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _positive_int(text: str) -> int:
-    """An argparse type: a positive integer, or a usage error naming the value."""
+def positive_int(text: str) -> int:
+    """An argparse type: a positive integer, or a usage error naming the value.
+
+    Examples
+    --------
+    >>> positive_int("3")
+    3
+    """
     try:
         value = int(text)
     except ValueError:

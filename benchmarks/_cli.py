@@ -7,17 +7,9 @@ import json
 from collections.abc import Callable
 
 from afa._torch import resolve_device
+from afa.cli import positive_int
 
-
-def positive_int(text: str) -> int:
-    """An integer of at least 1."""
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer; got {text!r}")
-    return value
+__all__ = ["device_name", "json_object", "positive_int"]
 
 
 def device_name(text: str) -> str:
