@@ -646,3 +646,15 @@ def test_hyperparameters_report_the_dropout_actually_used(data_nan):
     double = tiny_imputer(hidden_layer_sizes=(8, 8), dropout=0.3).fit(data_nan)
     assert double.hyperparameters_["dropout"] == 0.3
     assert any(isinstance(m, torch.nn.Dropout) for m in double.model_.modules())
+
+
+def test_partial_fit_after_pickling_continues_the_learning_rate_schedule(data_nan):
+    imp = tiny_imputer(max_iter=4, learning_rate_decay=0.5)
+    for _ in range(3):
+        imp.partial_fit(data_nan)
+    restored = pickle.loads(pickle.dumps(imp))
+    imp.partial_fit(data_nan)
+    restored.partial_fit(data_nan)
+    rates = imp.history_["learning_rate"]
+    assert restored.history_["learning_rate"] == pytest.approx(rates)
+    assert rates[3] < rates[0]

@@ -648,6 +648,9 @@ default="auto"
         """Train for one epoch over ``X``; the first call also builds the model.
 
         Standardisation statistics come from the first call's data. No rows are held out.
+        The optimiser (its settings and Adam's moments) carries over between calls: training
+        parameters changed with ``set_params`` take effect at the next ``fit``. A pickled or
+        copied estimator resumes on the same learning-rate schedule with fresh Adam moments.
 
         Parameters
         ----------
@@ -669,6 +672,7 @@ default="auto"
                 _check_rows_observed(observed)
             if getattr(self, "_trainer", None) is None:
                 self._trainer = self._new_trainer()
+                self._trainer.epochs_run = self._trainer.epoch  # the schedule continues
             self._trainer.record(self._trainer.run_epoch(*self._tensors(X, observed)))
             self._store_history(self._trainer)
         return self
