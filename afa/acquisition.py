@@ -22,7 +22,11 @@ from afa._torch import resolve_device, seeded, standard_normal
 from afa._training import Trainer, TrainingSettings
 from afa.impute._posterior_matching import (
     PosteriorMatchingImputer,
+    check_hidden_layer_sizes,
+    check_positive_int_or_auto,
     describe_rows,
+    is_positive_int,
+    is_real,
     is_scalar_nan,
 )
 from afa.masks import as_observed_mask, row_hash_uniforms
@@ -110,18 +114,12 @@ def _as_group_list(groups, names: np.ndarray | None, n_features: int) -> list[tu
     return sorted(grouped + singles, key=min)
 
 
-def _is_positive_int(value: object) -> bool:
-    return isinstance(value, numbers.Integral) and not isinstance(value, bool) and value >= 1
-
-
 def _is_fraction_range(value: object) -> bool:
     """``(low, high)`` with ``0 <= low <= high <= 1``."""
     if isinstance(value, str) or not isinstance(value, Sequence) or len(value) != 2:
         return False
     low, high = value
-    return all(isinstance(v, numbers.Real) and not isinstance(v, bool) for v in value) and bool(
-        0.0 <= low <= high <= 1.0
-    )
+    return is_real(low) and is_real(high) and bool(0.0 <= low <= high <= 1.0)
 
 
 def _column_index(column, names: np.ndarray | None, n_features: int, what: str) -> int:
@@ -356,35 +354,17 @@ class LookaheadAcquirer(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
             "n_iter_no_change",
         ):
             value = getattr(self, name)
-            if not _is_positive_int(value):
+            if not is_positive_int(value):
                 raise ValueError(f"{name} must be a positive integer; got {value!r}.")
-        if not (isinstance(self.max_iter, str) and self.max_iter == "auto") and not (
-            isinstance(self.max_iter, numbers.Integral) and self.max_iter >= 1
-        ):
-            raise ValueError(
-                f"max_iter must be a positive integer or 'auto'; got {self.max_iter!r}."
-            )
+        check_positive_int_or_auto("max_iter", self.max_iter)
         if not _is_fraction_range(self.observed_fraction):
             raise ValueError(
                 f"observed_fraction must be (low, high) with 0 <= low <= high <= 1; got "
                 f"{self.observed_fraction!r}."
             )
-        if not (isinstance(self.hidden_layer_sizes, str) and self.hidden_layer_sizes == "auto"):
-            sizes = self.hidden_layer_sizes
-            if (
-                isinstance(sizes, str)
-                or not isinstance(sizes, Sequence)
-                or not sizes
-                or not all(_is_positive_int(size) for size in sizes)
-            ):
-                raise ValueError(
-                    "hidden_layer_sizes must be 'auto' or a non-empty sequence of positive "
-                    f"integers; got {sizes!r}."
-                )
+        check_hidden_layer_sizes(self.hidden_layer_sizes)
         if self.min_gain is not None and not (
-            isinstance(self.min_gain, numbers.Real)
-            and not isinstance(self.min_gain, bool)
-            and math.isfinite(self.min_gain)
+            is_real(self.min_gain) and math.isfinite(self.min_gain)
         ):
             raise ValueError(f"min_gain must be None or a finite number; got {self.min_gain!r}.")
         if not 0.0 < self.validation_fraction < 1.0:

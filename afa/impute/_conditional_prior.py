@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import numbers
 import warnings
 from dataclasses import dataclass
 
@@ -14,7 +13,7 @@ from sklearn.frozen import FrozenEstimator
 from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_is_fitted, validate_data
 
-from afa._torch import call_seed
+from afa._torch import call_seed, to_tensor
 from afa.conditional import (
     FAMILIES,
     MAX_FCN_LATENT,
@@ -33,7 +32,10 @@ from afa.impute._posterior_matching import (
     ImputerTagsMixin,
     PosteriorMatchingImputer,
     check_n_samples,
+    check_positive_int_or_auto,
     check_score_inputs,
+    is_positive_int,
+    is_real,
 )
 from afa.masks import row_keyed_normals
 
@@ -249,19 +251,13 @@ learning_rate_init, early_stopping : see :class:`PosteriorMatchingImputer`
                     f"{name} must be one of {list(allowed)}; got {getattr(self, name)!r}."
                 )
         for name in ("n_layers", "n_noise", "max_iter", "n_burnin", "n_chains", "n_samples"):
-            value = getattr(self, name)
-            if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"{name} must be a positive integer; got {value!r}.")
+            if not is_positive_int(getattr(self, name)):
+                raise ValueError(f"{name} must be a positive integer; got {getattr(self, name)!r}.")
         for name in ("tol", "learning_rate"):
-            value = getattr(self, name)
-            if not (isinstance(value, numbers.Real) and not isinstance(value, bool) and value > 0):
-                raise ValueError(f"{name} must be a positive number; got {value!r}.")
+            if not (is_real(getattr(self, name)) and getattr(self, name) > 0):
+                raise ValueError(f"{name} must be a positive number; got {getattr(self, name)!r}.")
         for name in ("max_epochs", "batch_size", "latent_dim"):  # passed on to the own VAE
-            value = getattr(self, name)
-            if not (isinstance(value, str) and value == "auto") and not (
-                isinstance(value, numbers.Integral) and not isinstance(value, bool) and value >= 1
-            ):
-                raise ValueError(f"{name} must be a positive integer or 'auto'; got {value!r}.")
+            check_positive_int_or_auto(name, getattr(self, name))
         base = self.base.estimator if isinstance(self.base, FrozenEstimator) else self.base
         if base is not None and not isinstance(
             base, (PosteriorMatchingImputer, ConditionalPriorImputer)
@@ -428,7 +424,7 @@ learning_rate_init, early_stopping : see :class:`PosteriorMatchingImputer`
                 values = row_keyed_normals(
                     _keyed_rows(evidence), n_samples, evidence.latent_dim, self._stream(seed, 1)
                 )
-                noise = torch.as_tensor(values, dtype=evidence.x.dtype)
+                noise = to_tensor(values, evidence.x.device)
             else:
                 noise = torch.randn(n_samples, evidence.latent_dim, generator=generator)
             with torch.no_grad():
@@ -472,7 +468,7 @@ learning_rate_init, early_stopping : see :class:`PosteriorMatchingImputer`
                     values = row_keyed_normals(
                         keyed[rows.numpy()], z.shape[0], x.shape[1], self._stream(seed, 2)
                     )
-                    value_noise = torch.as_tensor(values, dtype=x.dtype, device=x.device)
+                    value_noise = to_tensor(values, x.device)
                     out.append(likelihood.conditional_sample(x, output, mask, value_noise))
                 else:
                     out.append(likelihood.conditional_mean(x, output, mask).mean(0, keepdim=True))

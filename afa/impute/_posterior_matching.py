@@ -111,14 +111,36 @@ def _check_rows_observed(observed: np.ndarray) -> None:
         )
 
 
-def _as_noise(values: np.ndarray, like: torch.Tensor) -> torch.Tensor:
-    """Noise drawn in numpy as a tensor of ``like``'s dtype and device."""
-    return torch.as_tensor(values, dtype=like.dtype, device=like.device)
+def is_real(value: object) -> bool:
+    """A real number, not a bool."""
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+def is_positive_int(value: object) -> bool:
+    """An integer of at least 1, not a bool."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool) and value >= 1
+
+
+def check_positive_int_or_auto(name: str, value: object) -> None:
+    """A ValueError naming ``name`` unless ``value`` is ``"auto"`` or a positive integer."""
+    if not (isinstance(value, str) and value == "auto") and not is_positive_int(value):
+        raise ValueError(f"{name} must be a positive integer or 'auto'; got {value!r}.")
+
+
+def check_hidden_layer_sizes(sizes: object) -> None:
+    """A ValueError unless ``sizes`` is ``"auto"`` or a non-empty tuple of positive ints."""
+    if not (isinstance(sizes, str) and sizes == "auto") and not (
+        isinstance(sizes, (tuple, list)) and sizes and all(is_positive_int(s) for s in sizes)
+    ):
+        raise ValueError(
+            f"hidden_layer_sizes must be 'auto' or a non-empty tuple of positive integers; "
+            f"got {sizes!r}."
+        )
 
 
 def check_n_samples(n_samples: object) -> int:
     """``n_samples`` itself when it is a positive integer, else a ValueError naming it."""
-    if not isinstance(n_samples, numbers.Integral) or isinstance(n_samples, bool) or n_samples < 1:
+    if not is_positive_int(n_samples):
         raise ValueError(f"n_samples must be a positive integer; got {n_samples!r}.")
     return int(n_samples)
 
@@ -335,13 +357,6 @@ default="auto"
 
     # ------------------------------------------------------------------ parameters
     def _check_params(self) -> None:
-        def positive_int_or_auto(name: str) -> None:
-            value = getattr(self, name)
-            if value == "auto" and isinstance(value, str):
-                return
-            if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"{name} must be a positive integer or 'auto'; got {value!r}.")
-
         def choice(name: str, options) -> None:
             if getattr(self, name) not in options:
                 raise ValueError(
@@ -349,7 +364,7 @@ default="auto"
                 )
 
         for name in ("latent_dim", "max_iter", "batch_size", "n_iter_no_change"):
-            positive_int_or_auto(name)
+            check_positive_int_or_auto(name, getattr(self, name))
         check_n_samples(self.n_samples)
         self._check_numbers()
         choice("posterior", POSTERIOR_FAMILIES)
@@ -357,15 +372,7 @@ default="auto"
         choice("decoder_scale", {"auto", "heteroscedastic", "correlated", "feature", "shared"})
         choice("training_mask", TRAINING_MASKS)
         choice("kl_schedule", {"constant", "cyclical"})
-        sizes = self.hidden_layer_sizes
-        if not (sizes == "auto" and isinstance(sizes, str)) and not (
-            isinstance(sizes, (tuple, list))
-            and len(sizes) > 0
-            and all(isinstance(s, numbers.Integral) and s > 0 for s in sizes)
-        ):
-            raise ValueError(
-                f"hidden_layer_sizes must be 'auto' or a tuple of positive ints; got {sizes!r}."
-            )
+        check_hidden_layer_sizes(self.hidden_layer_sizes)
         if not 0.0 < self.validation_fraction < 1.0:
             raise ValueError(
                 f"validation_fraction must lie in (0, 1); got {self.validation_fraction!r}."
@@ -375,9 +382,7 @@ default="auto"
                 f"learning_rate_decay must lie in (0, 1]; got {self.learning_rate_decay!r}."
             )
         cap = self.max_grad_norm
-        if cap is not None and not (
-            isinstance(cap, numbers.Real) and not isinstance(cap, bool) and cap > 0
-        ):
+        if cap is not None and not (is_real(cap) and cap > 0):
             raise ValueError(f"max_grad_norm must be a positive number or None; got {cap!r}.")
         if not self.learning_rate_init > 0:
             raise ValueError(
@@ -387,20 +392,16 @@ default="auto"
 
     def _check_numbers(self) -> None:
         """Real-valued parameters: a clear error instead of a failure deep in training."""
-
-        def real(value: object) -> bool:
-            return isinstance(value, numbers.Real) and not isinstance(value, bool)
-
         dropout, decay = self.dropout, self.weight_decay
         if not (dropout == "auto" and isinstance(dropout, str)) and not (
-            real(dropout) and 0.0 <= dropout < 1.0
+            is_real(dropout) and 0.0 <= dropout < 1.0
         ):
             raise ValueError(f"dropout must be 'auto' or a number in [0, 1); got {dropout!r}.")
-        if not (decay == "auto" and isinstance(decay, str)) and not (real(decay) and decay >= 0):
+        if not (decay == "auto" and isinstance(decay, str)) and not (is_real(decay) and decay >= 0):
             raise ValueError(f"weight_decay must be 'auto' or a number >= 0; got {decay!r}.")
         for name in ("pm_weight", "tol"):
             value = getattr(self, name)
-            if not (real(value) and 0 <= value < math.inf):
+            if not (is_real(value) and 0 <= value < math.inf):
                 raise ValueError(f"{name} must be a finite number >= 0; got {value!r}.")
 
     def _resolve_capacity(self, n_rows: int, n_features: int) -> _Capacity:
@@ -544,12 +545,16 @@ default="auto"
             )
 
     @contextlib.contextmanager
-    def _restored_on_failure(self) -> Iterator[None]:
+    def _restored_on_failure(self, continues: bool) -> Iterator[None]:
         """Undo a fit that raises: the estimator keeps its state from before the call (or
-        stays unfitted), never a half-trained or diverged model."""
+        stays unfitted), never a half-trained or diverged model.
+
+        ``continues`` says the call trains the existing model in place (warm start,
+        ``partial_fit``): only then are its weights copied, and its optimiser is dropped on
+        failure; a fresh fit builds a new model and leaves the old one untouched.
+        """
         before = {name: value for name, value in vars(self).items() if name.endswith("_")}
-        model = before.get("model_")
-        weights = copy.deepcopy(model.state_dict()) if model is not None else None
+        weights = copy.deepcopy(self.model_.state_dict()) if continues else None
         trainer = getattr(self, "_trainer", None)
         try:
             yield
@@ -558,9 +563,8 @@ default="auto"
                 delattr(self, name)
             vars(self).update(before)
             if weights is not None:
-                model.load_state_dict(weights)
-            # the trainer's optimiser state may have moved with the failed epochs
-            self._trainer = None if trainer is None or weights is not None else trainer
+                self.model_.load_state_dict(weights)
+            self._trainer = None if continues else trainer  # its Adam state moved with the model
             raise
 
     def _new_trainer(self) -> Trainer:
@@ -623,8 +627,9 @@ default="auto"
         self
         """
         self._check_params()
-        with self._restored_on_failure():
-            if self.warm_start and hasattr(self, "model_"):
+        continues = self.warm_start and hasattr(self, "model_")
+        with self._restored_on_failure(continues):
+            if continues:
                 self._check_same_structure()
                 X, observed = self._validate(X, reset=False)
                 _check_rows_observed(observed)
@@ -662,7 +667,7 @@ default="auto"
         self
         """
         self._check_params()
-        with self._restored_on_failure():
+        with self._restored_on_failure(continues=hasattr(self, "model_")):
             if not hasattr(self, "model_"):
                 X, observed = self._validate_training_data(X)
                 self._initialise(X, observed)
@@ -770,11 +775,11 @@ default="auto"
         noise_dim = model.partial_posterior.noise_dim
         draws = np.empty((n_samples,) + X.shape, dtype=np.float64)
         for chunk in self._chunks(X.shape[0], n_samples):
-            latent_noise = row_keyed_normals(keyed[chunk], n_samples, noise_dim, 2 * seed + 1)
-            value_noise = row_keyed_normals(keyed[chunk], n_samples, X.shape[1], 2 * seed + 2)
-            values = model.sample_completions(
-                x[chunk], mask[chunk], _as_noise(latent_noise, x), _as_noise(value_noise, x)
+            latent_noise, value_noise = (
+                to_tensor(row_keyed_normals(keyed[chunk], n_samples, width, 2 * seed + k), x.device)
+                for k, width in ((1, noise_dim), (2, X.shape[1]))
             )
+            values = model.sample_completions(x[chunk], mask[chunk], latent_noise, value_noise)
             draws[:, chunk] = values.double().cpu().numpy() * self.scale_ + self.mean_
         return np.where(observed, X, draws.astype(X.dtype))
 
