@@ -3,13 +3,21 @@
 from __future__ import annotations
 
 import contextlib
+import copy
 import numbers
 from collections.abc import Iterator
 
 import numpy as np
 import torch
 
-__all__ = ["embed_block", "resolve_device", "seeded", "standard_normal", "to_tensor"]
+__all__ = [
+    "cpu_copy",
+    "embed_block",
+    "resolve_device",
+    "seeded",
+    "standard_normal",
+    "to_tensor",
+]
 
 
 def resolve_device(name: str) -> torch.device:
@@ -32,6 +40,17 @@ def resolve_device(name: str) -> torch.device:
 def to_tensor(array: np.ndarray, device: torch.device) -> torch.Tensor:
     """Copy ``array`` into a float32 tensor on ``device`` (safe for read-only arrays)."""
     return torch.tensor(np.asarray(array, dtype=np.float32), device=device)
+
+
+def cpu_copy(value: object) -> object:
+    """A copy of ``value`` with every tensor in it (nested in dicts, lists, tuples) on the CPU."""
+    if isinstance(value, torch.Tensor):
+        return value.detach().to("cpu", copy=True)
+    if isinstance(value, dict):
+        return {key: cpu_copy(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return type(value)(cpu_copy(item) for item in value)
+    return copy.deepcopy(value)
 
 
 def call_seed(random_state: int | np.random.RandomState | None) -> int | None:

@@ -1,6 +1,7 @@
 """The one training loop every afa model goes through.
 
-A model only has to offer ``loss(x, mask, generator, kl_weight) -> (loss, terms)``; this
+A model only has to offer ``loss(x, mask, generator, kl_weight) -> (loss, terms)`` (and
+``replay() -> loss``, the last batch's loss again, to take several steps per batch); this
 module owns batching, the optimiser, the learning-rate and KL schedules, validation, early
 stopping, the history and the progress bar. Every random draw (batches, masks, latent
 noise, dropout) depends only on the trainer's seed and the epoch number.
@@ -35,7 +36,8 @@ class TrainingSettings:
 
     ``learning_rate_decay`` is the per-epoch factor; ``tol`` is relative to the best
     validation loss so far; ``max_grad_norm`` (None: no cap) caps each step's total gradient
-    norm.
+    norm. ``updates_per_batch`` optimiser steps are taken on each batch, the later ones on
+    the model's ``replay()``: worth it where a batch's targets cost far more than a step.
     """
 
     max_iter: int
@@ -49,6 +51,7 @@ class TrainingSettings:
     kl_schedule: str
     verbose: bool
     max_grad_norm: float | None = None
+    updates_per_batch: int = 1
 
 
 def kl_weight_schedule(kind: str, max_iter: int) -> Callable[[int], float]:
@@ -90,7 +93,8 @@ class Trainer:
     Parameters
     ----------
     model : nn.Module
-        Has ``loss(x, mask, generator, kl_weight)``.
+        Has ``loss(x, mask, generator, kl_weight)``, and ``replay()`` when
+        ``settings.updates_per_batch > 1``.
     settings : TrainingSettings
     seed : int
         Base seed; epoch ``e`` of the history draws everything from ``seed + e``.
@@ -138,6 +142,13 @@ class Trainer:
             loss, terms = self.model.loss(x, mask, generator, kl_weight)
         except torch.linalg.LinAlgError as error:  # e.g. a factorisation of diverged weights
             raise self._diverged(f"A factorisation failed ({error})", step) from error
+        self._update(loss, step)
+        for _ in range(self.settings.updates_per_batch - 1):
+            self._update(self.model.replay(), step)
+        return {"loss": float(loss.detach()), **terms}
+
+    def _update(self, loss: torch.Tensor, step: int) -> None:
+        """One optimiser step on ``loss``, its gradient norm capped."""
         if not torch.isfinite(loss):
             raise self._diverged(f"The training loss became {float(loss.detach())}", step)
         self.optimizer.zero_grad(set_to_none=True)
@@ -147,7 +158,6 @@ class Trainer:
         if not torch.isfinite(norm):
             raise self._diverged("The gradient became non-finite", step)
         self.optimizer.step()
-        return {"loss": float(loss.detach()), **terms}
 
     @torch.enable_grad()  # training works even when the caller is inside torch.no_grad()
     def run_epoch(self, x: torch.Tensor, mask: torch.Tensor) -> dict[str, float]:

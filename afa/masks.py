@@ -34,19 +34,31 @@ def bernoulli_mask(
 
 
 def uniform_mask(
-    shape: tuple[int, int], generator: torch.Generator, device: torch.device | str = "cpu"
+    shape: tuple[int, int],
+    generator: torch.Generator,
+    device: torch.device | str = "cpu",
+    observed_fraction: tuple[float, float] = (0.0, 1.0),
 ) -> torch.Tensor:
-    """Per row, ``k ~ U{0, …, d-1}`` entries observed, chosen uniformly at random.
+    """Per row, ``k`` entries observed, chosen uniformly at random, with ``k`` uniform on
+    ``{round(low d), …, round(high d)}`` (``observed_fraction = (low, high)``), and at most
+    ``d - 1`` so that something is always left to predict.
+
+    The default range gives ``k ~ U{0, …, d-1}``; ``(0.0, 0.2)`` gives the sparse masks of
+    acquisition from nothing (the Posterior Matching reference code's MNIST setting).
 
     Examples
     --------
     >>> int(uniform_mask((5, 4), torch.Generator().manual_seed(0)).sum(1).max()) < 4
     True
+    >>> mask = uniform_mask((100, 50), torch.Generator().manual_seed(0), observed_fraction=(0, 0.2))
+    >>> int(mask.sum(1).max()) <= 10
+    True
     """
     n_rows, n_features = shape
     if n_features < 1:
         raise ValueError(f"uniform_mask needs at least one feature; got shape {shape}.")
-    n_observed = torch.randint(n_features, (n_rows, 1), generator=generator, device=device)
+    low, high = (min(round(bound * n_features), n_features - 1) for bound in observed_fraction)
+    n_observed = torch.randint(low, high + 1, (n_rows, 1), generator=generator, device=device)
     ranks = torch.rand(shape, generator=generator, device=device).argsort(dim=1).argsort(dim=1)
     return ranks < n_observed
 

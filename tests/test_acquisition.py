@@ -534,3 +534,21 @@ def test_groups_may_be_a_numpy_array(imputer, key_data):
 def test_lookahead_training_needs_a_row_beyond_the_validation_split(imputer, key_data):
     with pytest.raises(ValueError, match="needs at least 2 rows"):
         LookaheadAcquirer(imputer=imputer, max_iter=1).fit(key_data[:1])
+
+
+@pytest.mark.parametrize("criterion", ["variance", "entropy"])
+def test_lookahead_training_replays_a_batch_without_new_draws(imputer, key_data, criterion):
+    from afa.models.lookahead import AcquisitionProblem, LookaheadNetwork, LookaheadObjective
+
+    problem = AcquisitionProblem(torch.eye(D, dtype=torch.bool))
+    network = LookaheadNetwork(D, 1, D, problem.n_scenarios, (8,))
+    objective = LookaheadObjective(network, imputer.model_, problem, 8, 3, (0.0, 0.5), criterion)
+    x, present = imputer._tensors(key_data[:32], np.ones((32, D), dtype=bool))
+    generator = torch.Generator().manual_seed(0)
+    loss, _ = objective.loss(x, present, generator)
+    # the same targets (no new draws): the same loss while the network is unchanged
+    torch.testing.assert_close(objective.replay(), loss, rtol=0, atol=0)
+    with torch.no_grad():
+        for parameter in network.parameters():
+            parameter.add_(0.1)
+    assert not torch.equal(objective.replay(), loss)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import pickle
 
 import numpy as np
@@ -391,6 +392,7 @@ def test_every_posterior_family_fits_transforms_and_scores(family, data_nan, dat
     "params",
     [
         {"training_mask": "uniform"},
+        {"training_mask": "uniform", "observed_fraction": (0.0, 0.3)},
         {"kl_schedule": "cyclical"},
         {"stop_gradient": False, "pm_weight": 0.5},
         {"dropout": 0.0, "weight_decay": 0.0, "batch_size": 16, "hidden_layer_sizes": [8, 8]},
@@ -483,6 +485,23 @@ def test_auto_decoder_follows_the_table_size(monkeypatch):
         imp.set_params(decoder_scale="correlated").fit(X).hyperparameters_["decoder_scale"]
         == "correlated"
     )
+
+
+def test_a_warm_start_trains_with_the_new_loss_settings(data_nan):
+    imp = tiny_imputer(max_iter=2).fit(data_nan)
+    assert imp.history_["pm"][-1] > 0
+    imp.set_params(warm_start=True, pm_weight=0.0, training_mask="uniform").fit(data_nan)
+    assert imp.history_["pm"][-2:] == [0.0, 0.0]  # the partial posterior is no longer trained
+    assert imp.model_.training_mask == "uniform"
+
+
+def test_bernoulli_decoder_reports_no_scale_and_warm_starts_across_scales():
+    X = np.random.default_rng(0).random((40, 4))
+    imp = PosteriorMatchingImputer(likelihood="bernoulli", max_iter=1, n_samples=4, random_state=0)
+    assert imp.fit(X).hyperparameters_["decoder_scale"] is None
+    # the scale does not change a Bernoulli model, so a warm start may follow a new value
+    imp.set_params(warm_start=True, decoder_scale="correlated").fit(X)
+    assert imp.n_iter_ == 2
 
 
 def test_results_do_not_depend_on_inference_chunking(fitted, data_nan, data, monkeypatch):
@@ -658,3 +677,20 @@ def test_partial_fit_after_pickling_continues_the_learning_rate_schedule(data_na
     rates = imp.history_["learning_rate"]
     assert restored.history_["learning_rate"] == pytest.approx(rates)
     assert rates[3] < rates[0]
+
+
+def _pickled(estimator):
+    return pickle.loads(pickle.dumps(estimator))
+
+
+@pytest.mark.parametrize("round_trip", [_pickled, copy.deepcopy], ids=["pickle", "deepcopy"])
+def test_partial_fit_after_a_round_trip_trains_as_without_it(data_nan, round_trip):
+    imp = tiny_imputer(max_iter=4)
+    for _ in range(2):
+        imp.partial_fit(data_nan)
+    restored = round_trip(imp)
+    imp.partial_fit(data_nan)
+    restored.partial_fit(data_nan)
+    # the same Adam moments, so the same step: weights equal to the last bit
+    for name, weight in imp.model_.state_dict().items():
+        torch.testing.assert_close(restored.model_.state_dict()[name], weight, rtol=0, atol=0)

@@ -61,6 +61,23 @@ def test_uniform_mask_counts(n_features):
     assert torch.all((frequencies - 1.0 / n_features).abs() < 0.04)
 
 
+@pytest.mark.parametrize(
+    "observed_fraction, counts",
+    [((0.25, 0.5), {2, 3, 4}), ((0.0, 0.2), {0, 1, 2}), ((0.9, 1.0), {7}), ((0.5, 0.5), {4})],
+)
+def test_uniform_mask_counts_stay_in_the_observed_fraction(observed_fraction, counts):
+    mask = uniform_mask((2000, 8), torch.Generator().manual_seed(0), "cpu", observed_fraction)
+    # round(low d) .. round(high d), never all 8
+    assert set(mask.sum(1).tolist()) == counts
+
+
+def test_uniform_mask_default_range_is_every_count_below_d():
+    generator = torch.Generator().manual_seed(5)
+    explicit = uniform_mask((200, 6), torch.Generator().manual_seed(5), "cpu", (0.0, 1.0))
+    assert torch.equal(uniform_mask((200, 6), generator), explicit)
+    assert set(explicit.sum(1).tolist()) == set(range(6))
+
+
 def test_uniform_mask_positions_are_uniform():
     mask = uniform_mask((6000, 4), torch.Generator().manual_seed(1))
     # E[#observed] = (0+1+2+3)/4 = 1.5, spread evenly over 4 positions

@@ -359,3 +359,34 @@ def test_a_gradient_spike_stalls_adam_unless_the_norm_is_capped(max_grad_norm, c
     settings = _settings(early_stopping=False, learning_rate_init=0.05, max_grad_norm=max_grad_norm)
     Trainer(model, settings, seed=0).fit(_data(), None, n_epochs=50)
     assert (float((model.w.detach() - 3.0).abs().max()) < 0.1) is converges
+
+
+class ReplayModel(QuadraticModel):
+    """The quadratic loss; ``replay`` recomputes the last batch's loss and counts itself."""
+
+    def __init__(self):
+        super().__init__()
+        self.replayed_batches: list[torch.Tensor] = []
+
+    def loss(self, x, mask, generator, kl_weight=1.0):
+        self.last_batch = x
+        return super().loss(x, mask, generator, kl_weight)
+
+    def replay(self):
+        self.replayed_batches.append(self.last_batch)
+        return (self.last_batch - self.w).square().mean()
+
+
+def test_updates_per_batch_steps_again_on_each_batch_through_replay():
+    model = ReplayModel()
+    trainer = Trainer(model, _settings(early_stopping=False, updates_per_batch=3), seed=0)
+    steps: list[torch.Tensor] = []
+    trainer.optimizer.register_step_post_hook(lambda *_: steps.append(model.w.detach().clone()))
+    trainer.fit(_data(), None, n_epochs=2)
+    assert len(model.calls) == 8  # 4 batches an epoch
+    assert len(steps) == 3 * 8  # three optimiser steps per training batch
+    assert len(model.replayed_batches) == 2 * 8
+    assert all(  # each replay is of the batch just drawn, and every step moves w
+        model.replayed_batches[2 * i] is model.replayed_batches[2 * i + 1] for i in range(8)
+    )
+    assert all(not torch.equal(a, b) for a, b in zip(steps, steps[1:], strict=False))

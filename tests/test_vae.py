@@ -270,6 +270,19 @@ def test_stop_gradient_keeps_pm_out_of_the_encoder():
     assert any(not torch.allclose(a, b) for a, b in zip(without_pm, flowing, strict=True))
 
 
+def test_sparse_training_masks_reach_the_partial_posterior(monkeypatch):
+    vae = _vae(training_mask="uniform", observed_fraction=(0.0, 0.25))
+    seen = []
+    original = vae.partial_posterior.forward
+    monkeypatch.setattr(
+        vae.partial_posterior, "forward", lambda x, mask: seen.append(mask) or original(x, mask)
+    )
+    x = torch.randn(500, 4)
+    vae.loss(x, torch.ones_like(x, dtype=torch.bool), torch.Generator().manual_seed(0))
+    counts = seen[0].sum(1)
+    assert int(counts.max()) == round(0.25 * x.shape[1]) and int(counts.min()) == 0
+
+
 def test_unknown_training_mask_raises():
     with pytest.raises(ValueError, match="training_mask"):
         _vae(training_mask="nope")

@@ -6,7 +6,7 @@ import contextlib
 import copy
 import math
 import numbers
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -16,7 +16,7 @@ from sklearn.base import BaseEstimator, OneToOneFeatureMixin, TransformerMixin
 from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_is_fitted, validate_data
 
-from afa._torch import call_seed, resolve_device, seeded, standard_normal, to_tensor
+from afa._torch import call_seed, cpu_copy, resolve_device, seeded, standard_normal, to_tensor
 from afa._training import Trainer, TrainingSettings
 from afa.masks import TRAINING_MASKS, as_observed_mask, row_hash_uniforms, row_keyed_normals
 from afa.models import PosteriorMatchingVAE
@@ -39,7 +39,7 @@ class _Capacity:
     """Size-dependent choices behind the ``"auto"`` parameters."""
 
     latent_dim: int
-    decoder_scale: str
+    decoder_scale: str | None
     hidden_layer_sizes: tuple[int, ...]
     dropout: float
     weight_decay: float
@@ -119,6 +119,14 @@ def is_real(value: object) -> bool:
 def is_positive_int(value: object) -> bool:
     """An integer of at least 1, not a bool."""
     return isinstance(value, numbers.Integral) and not isinstance(value, bool) and value >= 1
+
+
+def is_fraction_range(value: object) -> bool:
+    """``(low, high)`` with ``0 <= low <= high <= 1``."""
+    if isinstance(value, str) or not isinstance(value, Sequence) or len(value) != 2:
+        return False
+    low, high = value
+    return is_real(low) and is_real(high) and bool(0.0 <= low <= high <= 1.0)
 
 
 def check_positive_int_or_auto(name: str, value: object) -> None:
@@ -223,7 +231,14 @@ default="auto"
         Stop the PM gradient at the encoder sample, so PM trains only ``q(z | x_o)``.
     training_mask : {"bernoulli", "uniform"}, default="bernoulli"
         How training masks are drawn each step: every entry observed with probability 0.5,
-        or ``k ~ U{0..d-1}`` entries observed. Entries missing in the data stay missing.
+        or ``k`` entries observed with ``k`` uniform over the range ``observed_fraction``
+        gives. Entries missing in the data stay missing.
+    observed_fraction : tuple of float, default=(0.0, 1.0)
+        ``(low, high)``, for ``training_mask="uniform"``: ``k`` is uniform on
+        ``{round(low d), …, round(high d)}``, at most ``d - 1``. Match it to the evidence the
+        model will be asked about: ``(0.0, 0.2)`` suits acquisition from nothing, as in the
+        Posterior Matching reference code on MNIST. Leave the default with ``"bernoulli"``
+        masks.
     kl_schedule : {"constant", "cyclical"}, default="constant"
         KL weight over epochs: 1 throughout, or four linear 0-to-1 ramps.
     max_iter : int or "auto", default="auto"
@@ -274,7 +289,8 @@ default="auto"
     mean_, scale_ : ndarray of shape (n_features_in_,)
         Standardisation applied before the model.
     hyperparameters_ : dict
-        The resolved values of every ``"auto"`` parameter.
+        The resolved values of every ``"auto"`` parameter (``decoder_scale`` is None for a
+        Bernoulli decoder, which has no scale).
     n_iter_ : int
         Epochs trained.
     loss_curve_ : list of float
@@ -310,6 +326,7 @@ default="auto"
         pm_weight: float = 1.0,
         stop_gradient: bool = True,
         training_mask: str = "bernoulli",
+        observed_fraction: tuple[float, float] = (0.0, 1.0),
         kl_schedule: str = "constant",
         max_iter: int | str = "auto",
         batch_size: int | str = "auto",
@@ -337,6 +354,7 @@ default="auto"
         self.pm_weight = pm_weight
         self.stop_gradient = stop_gradient
         self.training_mask = training_mask
+        self.observed_fraction = observed_fraction
         self.kl_schedule = kl_schedule
         self.max_iter = max_iter
         self.batch_size = batch_size
@@ -371,6 +389,16 @@ default="auto"
         choice("likelihood", {"gaussian", "bernoulli"})
         choice("decoder_scale", {"auto", "heteroscedastic", "correlated", "feature", "shared"})
         choice("training_mask", TRAINING_MASKS)
+        if not is_fraction_range(self.observed_fraction):
+            raise ValueError(
+                "observed_fraction must be (low, high) with 0 <= low <= high <= 1; got "
+                f"{self.observed_fraction!r}."
+            )
+        if self.training_mask != "uniform" and tuple(self.observed_fraction) != (0.0, 1.0):
+            raise ValueError(
+                "observed_fraction bounds the 'uniform' training masks; with training_mask="
+                f"{self.training_mask!r} it would have no effect."
+            )
         choice("kl_schedule", {"constant", "cyclical"})
         check_hidden_layer_sizes(self.hidden_layer_sizes)
         if not 0.0 < self.validation_fraction < 1.0:
@@ -423,6 +451,8 @@ default="auto"
         resolved["hidden_layer_sizes"] = tuple(int(s) for s in resolved["hidden_layer_sizes"])
         if len(resolved["hidden_layer_sizes"]) == 1:  # no residual block to drop out in
             resolved["dropout"] = 0.0
+        if self.likelihood == "bernoulli":  # a Bernoulli decoder has no scale to model
+            resolved["decoder_scale"] = None
         return _Capacity(**resolved)
 
     # ------------------------------------------------------------------ validation
@@ -511,6 +541,7 @@ default="auto"
                 stop_gradient=self.stop_gradient,
                 training_mask=self.training_mask,
                 decoder_scale=capacity.decoder_scale,
+                observed_fraction=tuple(self.observed_fraction),
             )
         self.model_ = model.to(resolve_device(self.device))
         self._structure_ = self._structure(capacity)
@@ -570,9 +601,10 @@ default="auto"
     def _new_trainer(self) -> Trainer:
         """A trainer for ``model_`` with the current training parameters.
 
-        The architecture stays as built; batch size, epochs, learning rate, weight decay and
-        early stopping follow the parameters as they are now (``set_params`` then a
-        ``warm_start`` fit uses them).
+        The architecture stays as built; the loss (``pm_weight``, ``stop_gradient``, the
+        training masks), batch size, epochs, learning rate, weight decay and early stopping
+        follow the parameters as they are now (``set_params`` then a ``warm_start`` fit uses
+        them).
         """
         capacity = self._resolve_capacity(self._n_training_rows_, self.n_features_in_)
         self.hyperparameters_.update(
@@ -594,7 +626,22 @@ default="auto"
             verbose=self.verbose,
             max_grad_norm=self.max_grad_norm,
         )
-        return Trainer(self._model(), settings, self._training_seed_, self.history_)
+        model = self._model()
+        model.pm_weight, model.stop_gradient = self.pm_weight, self.stop_gradient
+        model.training_mask = self.training_mask
+        model.observed_fraction = tuple(self.observed_fraction)
+        return Trainer(model, settings, self._training_seed_, self.history_)
+
+    def _resumed_trainer(self) -> Trainer:
+        """A trainer that continues the learning-rate schedule and, after unpickling, Adam's
+        moments (the per-parameter state only: the settings are the current parameters)."""
+        trainer = self._new_trainer()
+        trainer.epochs_run = trainer.epoch
+        moments = vars(self).pop("_adam_moments", None)
+        if moments is not None:
+            state = trainer.optimizer.state_dict()
+            trainer.optimizer.load_state_dict({**state, "state": moments})
+        return trainer
 
     def _tensors(self, X: np.ndarray, observed: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
         device = resolve_device(self.device)
@@ -655,7 +702,8 @@ default="auto"
         Standardisation statistics come from the first call's data. No rows are held out.
         The optimiser (its settings and Adam's moments) carries over between calls: training
         parameters changed with ``set_params`` take effect at the next ``fit``. A pickled or
-        copied estimator resumes on the same learning-rate schedule with fresh Adam moments.
+        copied estimator resumes where it stopped: the same learning-rate schedule and Adam
+        moments.
 
         Parameters
         ----------
@@ -676,8 +724,7 @@ default="auto"
                 X, observed = self._validate(X, reset=False)
                 _check_rows_observed(observed)
             if getattr(self, "_trainer", None) is None:
-                self._trainer = self._new_trainer()
-                self._trainer.epochs_run = self._trainer.epoch  # the schedule continues
+                self._trainer = self._resumed_trainer()
             self._trainer.record(self._trainer.run_epoch(*self._tensors(X, observed)))
             self._store_history(self._trainer)
         return self
@@ -851,9 +898,16 @@ default="auto"
 
     # ------------------------------------------------------------------ pickling
     def __getstate__(self) -> dict:
-        """Drop the optimiser and move the model to the CPU, so pickles load anywhere."""
+        """Move the model and Adam's moments to the CPU, so pickles load anywhere.
+
+        The optimiser itself is rebuilt by the next ``partial_fit``, which takes the moments
+        back, so training continues as it would have without the round trip.
+        """
         state = self.__dict__.copy()
-        state.pop("_trainer", None)
+        trainer = state.pop("_trainer", None)
+        if trainer is not None:
+            moments = trainer.optimizer.state_dict()["state"]
+            state["_adam_moments"] = cpu_copy(moments)
         if "model_" in state:
             state["model_"] = copy.deepcopy(self.model_).to("cpu")
         return state

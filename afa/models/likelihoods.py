@@ -309,11 +309,12 @@ class CorrelatedGaussianLikelihood(nn.Module):
         return torch.where(mask, x, centre + scale * correlated)
 
 
-def make_likelihood(name: str, n_features: int, scale: str = "heteroscedastic") -> nn.Module:
+def make_likelihood(name: str, n_features: int, scale: str | None = "heteroscedastic") -> nn.Module:
     """Return the likelihood called ``name`` ("gaussian" or "bernoulli").
 
     ``scale`` is the Gaussian's scale model: ``"correlated"`` gives
-    :class:`CorrelatedGaussianLikelihood`, the others :class:`GaussianLikelihood`.
+    :class:`CorrelatedGaussianLikelihood`, the others :class:`GaussianLikelihood`; the
+    Bernoulli ignores it.
     """
     if name == "gaussian" and scale == "correlated":
         return CorrelatedGaussianLikelihood(n_features)

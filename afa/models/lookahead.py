@@ -30,7 +30,7 @@ feature whatever the predictive); :func:`variance_shares` returns ``G_a / tr C_T
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -347,6 +347,7 @@ class LookaheadObjective(nn.Module):
         self.n_completions = n_completions
         self.n_actions_per_step = min(n_actions_per_step, problem.n_actions)
         self.observed_fraction = observed_fraction
+        self._targets: tuple[Callable, tuple[torch.Tensor, ...]] | None = None
 
     def _acquisition_state(self, present: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         n_rows, n_features = present.shape
@@ -377,12 +378,24 @@ class LookaheadObjective(nn.Module):
         """
         state = self._acquisition_state(present, generator)
         if self.criterion == "variance":
-            return self._variance_loss(x, state, generator)
-        return self._entropy_loss(x, state, generator)
+            self._targets = (self._variance_fit, self._variance_targets(x, state, generator))
+        else:
+            self._targets = (self._entropy_fit, self._entropy_targets(x, state, generator))
+        fit, targets = self._targets
+        return fit(*targets)
 
-    def _variance_loss(
+    def replay(self) -> torch.Tensor:
+        """The last batch's loss under the network as it is now.
+
+        The targets (posterior draws through the frozen model) cost far more than a pass of
+        the network, so the training loop takes several steps on each batch's targets.
+        """
+        fit, targets = self._targets
+        return fit(*targets)[0]
+
+    def _variance_targets(
         self, x: torch.Tensor, state: torch.Tensor, generator: torch.Generator
-    ) -> tuple[torch.Tensor, dict[str, float]]:
+    ) -> tuple[torch.Tensor, ...]:
         base = self._base[0]
         noise_dim = base.partial_posterior.noise_dim
         noise = torch.randn(
@@ -393,14 +406,19 @@ class LookaheadObjective(nn.Module):
             covariance = predictive_covariance(base, x, state, noise)
             shares = variance_shares(covariance, self.problem.actions, columns)
             targets = shares * columns.sum(-1, keepdim=True)
+        return x, state, targets
+
+    def _variance_fit(
+        self, x: torch.Tensor, state: torch.Tensor, targets: torch.Tensor
+    ) -> tuple[torch.Tensor, dict[str, float]]:
         squared_error = (self.network.relative_gains(x, state) - targets).square()
         available = self.problem.available(state).to(squared_error.dtype)
         loss = (squared_error * available).sum() / available.sum().clamp_min(1.0)
         return loss, {"variance_mse": float(loss.detach())}
 
-    def _entropy_loss(
+    def _entropy_targets(
         self, x: torch.Tensor, state: torch.Tensor, generator: torch.Generator
-    ) -> tuple[torch.Tensor, dict[str, float]]:
+    ) -> tuple[torch.Tensor, ...]:
         base = self._base[0]
         device = x.device
         chosen = torch.randperm(self.problem.n_actions, generator=generator, device=device)
@@ -420,6 +438,16 @@ class LookaheadObjective(nn.Module):
                 ),
                 torch.randn(shape + (noise_dim,), generator=generator, device=device),
             )
+        return x, state, chosen, targets, draws
+
+    def _entropy_fit(
+        self,
+        x: torch.Tensor,
+        state: torch.Tensor,
+        chosen: torch.Tensor,
+        targets: torch.Tensor,
+        draws: torch.Tensor,
+    ) -> tuple[torch.Tensor, dict[str, float]]:
         columns = torch.cat([chosen.new_zeros(1), chosen + 1])
         loc, scale, entropies = (t[:, :, columns] for t in self.network(x, state))
         gaussian = torch.distributions.Normal(loc.permute(1, 2, 0, 3), scale.permute(1, 2, 0, 3))

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 from torch.distributions import Distribution
 
-from afa.masks import TRAINING_MASKS
+from afa.masks import TRAINING_MASKS, bernoulli_mask, uniform_mask
 from afa.models.likelihoods import make_likelihood
 from afa.nn import ResidualMLP
 from afa.posteriors import FullCovarianceGaussian, GaussianPosterior, make_partial_posterior
@@ -57,6 +57,9 @@ class PosteriorMatchingVAE(nn.Module):
     stop_gradient : bool, default=True
         Detach the encoder sample in the PM term, so PM trains only ``q(z|x_o)``.
     training_mask : {"bernoulli", "uniform"}, default="bernoulli"
+    observed_fraction : tuple of float, default=(0.0, 1.0)
+        The range of the share of entries observed in ``"uniform"`` training masks
+        (:func:`afa.masks.uniform_mask`).
     decoder_scale : {"heteroscedastic", "correlated", "feature", "shared"}, \
 default="heteroscedastic"
         Scale of a Gaussian decoder: output by the decoder per feature and per ``z``; the
@@ -83,7 +86,8 @@ default="heteroscedastic"
         pm_weight: float = 1.0,
         stop_gradient: bool = True,
         training_mask: str = "bernoulli",
-        decoder_scale: str = "heteroscedastic",
+        decoder_scale: str | None = "heteroscedastic",
+        observed_fraction: tuple[float, float] = (0.0, 1.0),
     ) -> None:
         super().__init__()
         if training_mask not in TRAINING_MASKS:
@@ -94,6 +98,7 @@ default="heteroscedastic"
         self.pm_weight = pm_weight
         self.stop_gradient = stop_gradient
         self.training_mask = training_mask
+        self.observed_fraction = observed_fraction
         self.encoder = GaussianPosterior(n_features, latent_dim, hidden_layer_sizes, dropout)
         self.likelihood = make_likelihood(likelihood, n_features, decoder_scale)
         self.decoder = ResidualMLP(
@@ -142,10 +147,17 @@ default="heteroscedastic"
         0 (a plain VAE, whose partial posterior then stays untrained)."""
         if self.pm_weight == 0:
             return torch.zeros_like(z[:, 0])
-        draw_mask = TRAINING_MASKS[self.training_mask]
-        partial_mask = mask & draw_mask(tuple(x.shape), generator, x.device)
+        partial_mask = mask & self._training_mask(tuple(x.shape), generator, x.device)
         target = z.detach() if self.stop_gradient else z
         return -self.partial_posterior(x, partial_mask).log_prob(target)
+
+    def _training_mask(
+        self, shape: tuple[int, int], generator: torch.Generator, device: torch.device
+    ) -> torch.Tensor:
+        """A fresh training mask: True where an entry counts as observed for ``q(z | x_o)``."""
+        if self.training_mask == "uniform":
+            return uniform_mask(shape, generator, device, self.observed_fraction)
+        return bernoulli_mask(shape, generator, device)
 
     # ------------------------------------------------------------------ densities
     def decoder_log_prob(
