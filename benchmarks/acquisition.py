@@ -2,8 +2,8 @@
 
 A Posterior-Matching VAE (MLP, Bernoulli decoder on the [0, 1] pixel intensities, Gaussian
 partial posterior so entropies are analytic, latent 10 as in the reference code, training
-masks with a uniform number of observed pixels so that sparse evidence is in the training
-distribution) is fitted on the training images; a :class:`afa.LookaheadAcquirer` per
+masks with 0-20% of the pixels observed, uniformly, as in the reference code: the evidence
+that acquisition from nothing produces) is fitted on the training images; a :class:`afa.LookaheadAcquirer` per
 criterion (``"entropy"``, the paper's, and ``"variance"``) then trains its lookahead
 network on top of the same frozen imputer. Every test image
 starts from nothing and acquires one pixel per step under each strategy. At step ``t`` the
@@ -63,6 +63,7 @@ class Settings:
     )
     imputation_samples: int = 50
     sampling_samples: int = 50
+    # both the imputer's training masks and the lookahead network's training states
     observed_fraction: tuple[float, float] = (0.0, 0.2)
     heads: tuple[str, ...] = ("entropy", "mixture")
     criteria: tuple[str, ...] = ("entropy", "variance")
@@ -90,6 +91,7 @@ def fit_acquirers(
         latent_dim=settings.latent_dim,
         hidden_layer_sizes=settings.hidden_layer_sizes,
         training_mask="uniform",
+        observed_fraction=settings.observed_fraction,
         max_iter=settings.imputer_max_iter,
         n_samples=settings.imputation_samples,
         device=device,
