@@ -6,6 +6,7 @@ Convention everywhere in afa: ``True`` (or 1) means *observed*.
 from __future__ import annotations
 
 import hashlib
+import math
 
 import numpy as np
 import torch
@@ -39,9 +40,10 @@ def uniform_mask(
     device: torch.device | str = "cpu",
     observed_fraction: tuple[float, float] = (0.0, 1.0),
 ) -> torch.Tensor:
-    """Per row, ``k`` entries observed, chosen uniformly at random, with ``k`` uniform on
-    ``{round(low d), …, round(high d)}`` (``observed_fraction = (low, high)``), and at most
-    ``d - 1`` so that something is always left to predict.
+    """Per row, ``k`` entries observed, chosen uniformly at random, with ``k`` uniform on the
+    counts whose share ``k / d`` lies in ``observed_fraction = (low, high)`` (the count
+    nearest the range's middle when none does), and at most ``d - 1`` so that something is
+    always left to predict.
 
     The default range gives ``k ~ U{0, …, d-1}``; ``(0.0, 0.2)`` gives the sparse masks of
     acquisition from nothing (the Posterior Matching reference code's MNIST setting).
@@ -57,10 +59,21 @@ def uniform_mask(
     n_rows, n_features = shape
     if n_features < 1:
         raise ValueError(f"uniform_mask needs at least one feature; got shape {shape}.")
-    low, high = (min(round(bound * n_features), n_features - 1) for bound in observed_fraction)
+    low, high = _counts_within(observed_fraction, n_features)
     n_observed = torch.randint(low, high + 1, (n_rows, 1), generator=generator, device=device)
     ranks = torch.rand(shape, generator=generator, device=device).argsort(dim=1).argsort(dim=1)
     return ranks < n_observed
+
+
+def _counts_within(observed_fraction: tuple[float, float], n_features: int) -> tuple[int, int]:
+    """The least and greatest count ``k < d`` with ``low <= k / d <= high``."""
+    low, high = observed_fraction
+    least = math.ceil(low * n_features - 1e-9)
+    greatest = math.floor(high * n_features + 1e-9)
+    if least > greatest:  # no count in the range: the one nearest its middle
+        least = greatest = math.floor((low + high) / 2 * n_features + 0.5)
+    cap = n_features - 1
+    return min(least, cap), min(greatest, cap)
 
 
 TRAINING_MASKS = {"bernoulli": bernoulli_mask, "uniform": uniform_mask}

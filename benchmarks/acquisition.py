@@ -3,12 +3,12 @@
 A Posterior-Matching VAE (MLP, Bernoulli decoder on the [0, 1] pixel intensities, Gaussian
 partial posterior so entropies are analytic, latent 10 as in the reference code, training
 masks with 0-20% of the pixels observed, uniformly, as in the reference code: the evidence
-that acquisition from nothing produces) is fitted on the training images; a :class:`afa.LookaheadAcquirer` per
-criterion (``"entropy"``, the paper's, and ``"variance"``) then trains its lookahead
-network on top of the same frozen imputer. Every test image
-starts from nothing and acquires one pixel per step under each strategy. At step ``t`` the
-error is the RMSE over all 256 pixels, acquired pixels counting as zero error, of the
-imputation (the mean of 50 decoder means), as in Posterior Matching's Fig. 7. The decision
+that acquisition from nothing produces) is fitted on the training images; a
+:class:`afa.LookaheadAcquirer` per criterion (``"entropy"``, the paper's, and
+``"variance"``) then trains its lookahead network on top of the same frozen imputer. Every
+test image starts from nothing and acquires one pixel per step under each strategy. At step
+``t`` the error is the RMSE over all 256 pixels, acquired pixels counting as zero error, of
+the imputation (the mean of 50 decoder means), as in Posterior Matching's Fig. 7. The decision
 time of each step is measured for the whole test batch, for every strategy, in this run.
 
 Run from the repository root::

@@ -552,3 +552,7 @@ def test_lookahead_training_replays_a_batch_without_new_draws(imputer, key_data,
         for parameter in network.parameters():
             parameter.add_(0.1)
     assert not torch.equal(objective.replay(), loss)
+    objective.eval()  # a validation batch is not kept for replays
+    objective.loss(x, present, generator)
+    with pytest.raises(RuntimeError, match="training batch"):
+        objective.replay()

@@ -495,6 +495,58 @@ def test_a_warm_start_trains_with_the_new_loss_settings(data_nan):
     assert imp.model_.training_mask == "uniform"
 
 
+def _same_weights(a, b) -> bool:
+    return all(
+        torch.equal(weight, b.model_.state_dict()[name])
+        for name, weight in a.model_.state_dict().items()
+    )
+
+
+def test_a_rejected_partial_fit_leaves_the_optimiser_as_it_was(data_nan):
+    imp, twin = tiny_imputer(max_iter=4), tiny_imputer(max_iter=4)
+    imp.partial_fit(data_nan)
+    twin.partial_fit(data_nan)
+    with pytest.raises(ValueError, match="features"):
+        imp.partial_fit(data_nan[:, :3])
+    imp.partial_fit(data_nan)
+    twin.partial_fit(data_nan)
+    assert _same_weights(imp, twin)
+
+
+def test_a_fit_after_unpickling_does_not_resume_the_old_optimiser(data_nan):
+    imp = tiny_imputer(max_iter=3)
+    imp.partial_fit(data_nan)
+    restored, fresh = _pickled(imp), tiny_imputer(max_iter=3)
+    for estimator in (restored, fresh):
+        estimator.fit(data_nan)
+        estimator._trainer = None  # as after a failed call: the next partial_fit rebuilds it
+        estimator.partial_fit(data_nan)
+    assert _same_weights(restored, fresh)
+
+
+def test_a_round_trip_keeps_the_schedules_position(data_nan):
+    imp = tiny_imputer(max_iter=5, warm_start=True, kl_schedule="cyclical", early_stopping=False)
+    imp.fit(data_nan).fit(data_nan)
+    restored = _pickled(imp)
+    imp.partial_fit(data_nan)
+    restored.partial_fit(data_nan)
+    for name in ("kl_weight", "learning_rate"):
+        assert restored.history_[name] == imp.history_[name]
+    assert _same_weights(restored, imp)
+
+
+def test_a_pickle_from_before_observed_fraction_still_trains(data_nan):
+    imp = tiny_imputer(max_iter=2).fit(data_nan)
+    state = imp.__getstate__()
+    del state["observed_fraction"]
+    old = PosteriorMatchingImputer.__new__(PosteriorMatchingImputer)
+    old.__setstate__(state)
+    assert old.get_params()["observed_fraction"] == (0.0, 1.0)
+    assert clone(old).get_params() == tiny_imputer(max_iter=2).get_params()
+    old.partial_fit(data_nan)
+    assert old.n_iter_ == 3
+
+
 def test_bernoulli_decoder_reports_no_scale_and_warm_starts_across_scales():
     X = np.random.default_rng(0).random((40, 4))
     imp = PosteriorMatchingImputer(likelihood="bernoulli", max_iter=1, n_samples=4, random_state=0)

@@ -62,12 +62,23 @@ def test_uniform_mask_counts(n_features):
 
 
 @pytest.mark.parametrize(
-    "observed_fraction, counts",
-    [((0.25, 0.5), {2, 3, 4}), ((0.0, 0.2), {0, 1, 2}), ((0.9, 1.0), {7}), ((0.5, 0.5), {4})],
+    "n_features, observed_fraction, counts",
+    [
+        (8, (0.25, 0.5), {2, 3, 4}),
+        (8, (0.0, 0.2), {0, 1}),  # 2 / 8 would be more than 20%
+        (8, (0.9, 1.0), {7}),  # never all 8
+        (8, (0.5, 0.5), {4}),
+        (256, (0.0, 0.2), set(range(52))),
+        # no count in the range: the one nearest its middle, halves up
+        (5, (0.1, 0.1), {1}),
+        (5, (0.3, 0.3), {2}),
+        (5, (0.5, 0.5), {3}),
+        (3, (0.5, 0.6), {2}),
+    ],
 )
-def test_uniform_mask_counts_stay_in_the_observed_fraction(observed_fraction, counts):
-    mask = uniform_mask((2000, 8), torch.Generator().manual_seed(0), "cpu", observed_fraction)
-    # round(low d) .. round(high d), never all 8
+def test_uniform_mask_counts_stay_in_the_observed_fraction(n_features, observed_fraction, counts):
+    shape = (4000, n_features)
+    mask = uniform_mask(shape, torch.Generator().manual_seed(0), "cpu", observed_fraction)
     assert set(mask.sum(1).tolist()) == counts
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import inspect
 import math
 import numbers
 from collections.abc import Callable, Iterator, Sequence
@@ -121,6 +122,21 @@ def is_positive_int(value: object) -> bool:
     return isinstance(value, numbers.Integral) and not isinstance(value, bool) and value >= 1
 
 
+def _moments_fit(moments: dict, optimizer: torch.optim.Optimizer) -> bool:
+    """Whether saved per-parameter Adam state matches ``optimizer``'s parameters."""
+    parameters = [p for group in optimizer.param_groups for p in group["params"]]
+    return all(
+        isinstance(index, int)
+        and 0 <= index < len(parameters)
+        and all(
+            value.shape == parameters[index].shape
+            for name, value in entry.items()
+            if name != "step"
+        )
+        for index, entry in moments.items()
+    )
+
+
 def is_fraction_range(value: object) -> bool:
     """``(low, high)`` with ``0 <= low <= high <= 1``."""
     if isinstance(value, str) or not isinstance(value, Sequence) or len(value) != 2:
@@ -234,8 +250,8 @@ default="auto"
         or ``k`` entries observed with ``k`` uniform over the range ``observed_fraction``
         gives. Entries missing in the data stay missing.
     observed_fraction : tuple of float, default=(0.0, 1.0)
-        ``(low, high)``, for ``training_mask="uniform"``: ``k`` is uniform on
-        ``{round(low d), …, round(high d)}``, at most ``d - 1``. Match it to the evidence the
+        ``(low, high)``, for ``training_mask="uniform"``: ``k`` is uniform on the counts
+        with ``low <= k / d <= high``, at most ``d - 1``. Match it to the evidence the
         model will be asked about: ``(0.0, 0.2)`` suits acquisition from nothing, as in the
         Posterior Matching reference code on MNIST. Leave the default with ``"bernoulli"``
         masks.
@@ -633,14 +649,15 @@ default="auto"
         return Trainer(model, settings, self._training_seed_, self.history_)
 
     def _resumed_trainer(self) -> Trainer:
-        """A trainer that continues the learning-rate schedule and, after unpickling, Adam's
-        moments (the per-parameter state only: the settings are the current parameters)."""
+        """A trainer that continues the learning-rate and KL schedules and, after a round
+        trip through pickle or copy, Adam's moments (the per-parameter state only: the
+        settings are the current parameters)."""
         trainer = self._new_trainer()
-        trainer.epochs_run = trainer.epoch
-        moments = vars(self).pop("_adam_moments", None)
-        if moments is not None:
+        resume = vars(self).pop("_resume", None)
+        trainer.epochs_run = trainer.epoch if resume is None else resume["epochs_run"]
+        if resume is not None and _moments_fit(resume["moments"], trainer.optimizer):
             state = trainer.optimizer.state_dict()
-            trainer.optimizer.load_state_dict({**state, "state": moments})
+            trainer.optimizer.load_state_dict({**state, "state": resume["moments"]})
         return trainer
 
     def _tensors(self, X: np.ndarray, observed: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
@@ -675,12 +692,11 @@ default="auto"
         """
         self._check_params()
         continues = self.warm_start and hasattr(self, "model_")
+        if continues:
+            X, observed = self._validate_continuing(X)
+        vars(self).pop("_resume", None)  # a fit starts its own optimiser
         with self._restored_on_failure(continues):
-            if continues:
-                self._check_same_structure()
-                X, observed = self._validate(X, reset=False)
-                _check_rows_observed(observed)
-            else:
+            if not continues:
                 X, observed = self._validate_training_data(X)
                 self._initialise(X, observed)
             x, mask = self._tensors(X, observed)
@@ -702,8 +718,9 @@ default="auto"
         Standardisation statistics come from the first call's data. No rows are held out.
         The optimiser (its settings and Adam's moments) carries over between calls: training
         parameters changed with ``set_params`` take effect at the next ``fit``. A pickled or
-        copied estimator resumes where it stopped: the same learning-rate schedule and Adam
-        moments.
+        copied estimator resumes where it stopped (Adam's moments, the position in the
+        learning-rate and KL schedules), rebuilding its optimiser from the parameters as they
+        are then. Input this call rejects leaves the estimator as it was.
 
         Parameters
         ----------
@@ -715,19 +732,26 @@ default="auto"
         self
         """
         self._check_params()
-        with self._restored_on_failure(continues=hasattr(self, "model_")):
-            if not hasattr(self, "model_"):
+        continues = hasattr(self, "model_")
+        if continues:
+            X, observed = self._validate_continuing(X)
+        with self._restored_on_failure(continues):
+            if not continues:
                 X, observed = self._validate_training_data(X)
                 self._initialise(X, observed)
-            else:
-                self._check_same_structure()
-                X, observed = self._validate(X, reset=False)
-                _check_rows_observed(observed)
             if getattr(self, "_trainer", None) is None:
                 self._trainer = self._resumed_trainer()
             self._trainer.record(self._trainer.run_epoch(*self._tensors(X, observed)))
             self._store_history(self._trainer)
         return self
+
+    def _validate_continuing(self, X) -> tuple[np.ndarray, np.ndarray]:
+        """Checks for a call that trains the built model further; they change nothing, so
+        input they reject leaves the estimator (its optimiser included) as it was."""
+        self._check_same_structure()
+        X, observed = self._validate(X, reset=False)
+        _check_rows_observed(observed)
+        return X, observed
 
     # ------------------------------------------------------------------ inference helpers
     def _model(self) -> PosteriorMatchingVAE:
@@ -901,13 +925,25 @@ default="auto"
         """Move the model and Adam's moments to the CPU, so pickles load anywhere.
 
         The optimiser itself is rebuilt by the next ``partial_fit``, which takes the moments
-        back, so training continues as it would have without the round trip.
+        and the schedules' position back, so training continues as it would have without
+        the round trip (with the parameters as they are then).
         """
         state = self.__dict__.copy()
         trainer = state.pop("_trainer", None)
         if trainer is not None:
-            moments = trainer.optimizer.state_dict()["state"]
-            state["_adam_moments"] = cpu_copy(moments)
+            moments = cpu_copy(trainer.optimizer.state_dict()["state"])
+            state["_resume"] = {"moments": moments, "epochs_run": trainer.epochs_run}
         if "model_" in state:
             state["model_"] = copy.deepcopy(self.model_).to("cpu")
         return state
+
+    def __setstate__(self, state: dict) -> None:
+        """Restore a pickle; one from an older afa gets the defaults of newer parameters."""
+        defaults = {
+            name: parameter.default
+            for name, parameter in inspect.signature(type(self).__init__).parameters.items()
+            if name != "self"
+        }
+        self.__dict__.update({**defaults, **state})
+        if self.likelihood == "bernoulli" and "_structure_" in state:  # no scale to model
+            self._structure_["decoder_scale"] = self.hyperparameters_["decoder_scale"] = None

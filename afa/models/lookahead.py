@@ -30,7 +30,7 @@ feature whatever the predictive); :func:`variance_shares` returns ``G_a / tr C_T
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -347,7 +347,7 @@ class LookaheadObjective(nn.Module):
         self.n_completions = n_completions
         self.n_actions_per_step = min(n_actions_per_step, problem.n_actions)
         self.observed_fraction = observed_fraction
-        self._targets: tuple[Callable, tuple[torch.Tensor, ...]] | None = None
+        self._targets: tuple[torch.Tensor, ...] | None = None
 
     def _acquisition_state(self, present: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         n_rows, n_features = present.shape
@@ -378,20 +378,26 @@ class LookaheadObjective(nn.Module):
         """
         state = self._acquisition_state(present, generator)
         if self.criterion == "variance":
-            self._targets = (self._variance_fit, self._variance_targets(x, state, generator))
+            targets = self._variance_targets(x, state, generator)
         else:
-            self._targets = (self._entropy_fit, self._entropy_targets(x, state, generator))
-        fit, targets = self._targets
-        return fit(*targets)
+            targets = self._entropy_targets(x, state, generator)
+        self._targets = targets if self.training else None  # validation is not replayed
+        return self._fit(*targets)
 
     def replay(self) -> torch.Tensor:
-        """The last batch's loss under the network as it is now.
+        """The last training batch's loss under the network as it is now.
 
         The targets (posterior draws through the frozen model) cost far more than a pass of
         the network, so the training loop takes several steps on each batch's targets.
         """
-        fit, targets = self._targets
-        return fit(*targets)[0]
+        if self._targets is None:
+            raise RuntimeError("replay() needs a training batch: call loss() in train mode.")
+        return self._fit(*self._targets)[0]
+
+    def _fit(self, *targets: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+        if self.criterion == "variance":
+            return self._variance_fit(*targets)
+        return self._entropy_fit(*targets)
 
     def _variance_targets(
         self, x: torch.Tensor, state: torch.Tensor, generator: torch.Generator
