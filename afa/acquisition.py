@@ -236,6 +236,9 @@ class LookaheadAcquirer(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
     observed_fraction : tuple of float, default=(0.0, 1.0)
         Range of the share of features observed in training states (drawn uniformly). Use a
         low range, e.g. ``(0, 0.2)``, when episodes stop after few acquisitions of many.
+        For ``criterion="variance"``, half of each training batch's states are instead
+        points on the network's own greedy paths, as many actions along as this range
+        allows: the states acquisition will put it in.
     hidden_layer_sizes : tuple of int or "auto", default="auto"
         Lookahead network trunk; ``"auto"`` copies the imputer's.
     max_iter : int or "auto", default="auto"

@@ -556,3 +556,23 @@ def test_lookahead_training_replays_a_batch_without_new_draws(imputer, key_data,
     objective.loss(x, present, generator)
     with pytest.raises(RuntimeError, match="training batch"):
         objective.replay()
+
+
+def test_variance_training_states_follow_the_networks_own_greedy_paths(imputer, monkeypatch):
+    from afa.models.lookahead import AcquisitionProblem, LookaheadNetwork, LookaheadObjective
+
+    problem = AcquisitionProblem(torch.eye(D, dtype=torch.bool))
+    network = LookaheadNetwork(D, 1, D, problem.n_scenarios, (8,))
+    preference = torch.tensor([3, 1, 4, 0, 2])  # the order the network would acquire in
+    scores = torch.empty(D)
+    scores[preference] = torch.arange(D, 0, -1, dtype=torch.float32)
+    monkeypatch.setattr(network, "relative_gains", lambda x, state: scores.expand(len(x), D))
+    objective = LookaheadObjective(network, imputer.model_, problem, 8, 3, (0.0, 1.0), "variance")
+    present = torch.ones(400, D, dtype=torch.bool)
+    present[:100, 1] = False  # column 1 missing: the path goes on without it
+    states = objective._own_path_states(torch.zeros(400, D), present, torch.Generator())
+    for row, state in enumerate(states):
+        order = preference[preference != 1] if row < 100 else preference
+        count = int(state.sum())
+        assert set(torch.nonzero(state).flatten().tolist()) == set(order[:count].tolist())
+    assert set(states[100:].sum(1).tolist()) == set(range(D + 1))  # every length, 0 to all
