@@ -576,3 +576,6 @@ def test_variance_training_states_follow_the_networks_own_greedy_paths(imputer, 
         count = int(state.sum())
         assert set(torch.nonzero(state).flatten().tolist()) == set(order[:count].tolist())
     assert set(states[100:].sum(1).tolist()) == set(range(D + 1))  # every length, 0 to all
+    objective.observed_fraction = (0.5, 0.5)  # no whole number of steps: the next one up
+    states = objective._own_path_states(torch.zeros(50, D), present[100:150], torch.Generator())
+    assert set(states.sum(1).tolist()) == {3}

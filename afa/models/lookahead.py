@@ -404,12 +404,10 @@ class LookaheadObjective(nn.Module):
         """
         low, high = self.observed_fraction
         n_actions = self.problem.n_actions
+        least = math.ceil(low * n_actions - 1e-9)
+        greatest = max(least, math.floor(high * n_actions + 1e-9))
         lengths = torch.randint(
-            math.ceil(low * n_actions),
-            math.floor(high * n_actions) + 1,
-            (x.shape[0],),
-            generator=generator,
-            device=x.device,
+            least, greatest + 1, (x.shape[0],), generator=generator, device=x.device
         )
         actions = self.problem.actions.to(torch.float32)
         # an action is possible only where the row has all its columns
