@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import itertools
 import math
 import numbers
 import time
@@ -463,8 +464,9 @@ class LookaheadAcquirer(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
     def _action_matrix(self) -> np.ndarray:
         """(A, d) bool: the columns each action reveals."""
         actions = np.zeros((len(self.actions_), self.n_features_in_), dtype=bool)
-        for a, columns in enumerate(self.actions_):
-            actions[a, list(columns)] = True
+        sizes = [len(columns) for columns in self.actions_]
+        columns = list(itertools.chain.from_iterable(self.actions_))
+        actions[np.repeat(np.arange(len(sizes)), sizes), columns] = True
         return actions
 
     def _available(self, observed: np.ndarray) -> np.ndarray:
@@ -635,7 +637,9 @@ class LookaheadAcquirer(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
     def _lookahead_gains(
         self, x: torch.Tensor, state: torch.Tensor, problem: AcquisitionProblem
     ) -> torch.Tensor:
-        network = self.lookahead_.to(x.device)
+        network = self.lookahead_
+        if next(network.parameters()).device != x.device:  # Module.to costs 0.7 ms per call
+            network.to(x.device)
         chunks = []
         for rows in torch.arange(x.shape[0], device=x.device).split(_LOOKAHEAD_ROWS_PER_CHUNK):
             if self.criterion == "variance":

@@ -579,3 +579,21 @@ def test_variance_training_states_follow_the_networks_own_greedy_paths(imputer, 
     objective.observed_fraction = (0.5, 0.5)  # no whole number of steps: the next one up
     states = objective._own_path_states(torch.zeros(50, D), present[100:150], torch.Generator())
     assert set(states.sum(1).tolist()) == {3}
+
+
+def test_column_counts_are_the_same_with_and_without_the_one_column_shortcut():
+    from afa.models.lookahead import AcquisitionProblem
+
+    state = torch.rand(20, 6) < 0.4
+    identity = AcquisitionProblem(torch.eye(6, dtype=torch.bool))
+    permuted = AcquisitionProblem(torch.eye(6, dtype=torch.bool)[[1, 0, 2, 3, 4, 5]])
+    grouped = AcquisitionProblem(
+        torch.tensor([[1, 0, 0, 1, 0, 0], [0, 1, 0, 0, 0, 0], [0, 0, 1, 0, 1, 1]], dtype=torch.bool)
+    )
+    assert identity.one_column_each and not permuted.one_column_each
+    assert not grouped.one_column_each
+    for problem in (identity, permuted, grouped):
+        expected = (state.unsqueeze(1) & problem.actions).sum(-1).float()
+        torch.testing.assert_close(problem.count_columns(state), expected)
+        unobserved = ((~state).unsqueeze(1) & problem.actions).any(-1)
+        assert torch.equal(problem.available(state), unobserved)
