@@ -155,12 +155,17 @@ def test_acquisition_options_pick_the_imputer_and_criteria():
     from benchmarks import acquisition
 
     options = argparse.Namespace(
-        posterior="autoregressive", criteria=["variance"], imputer_epochs=400
+        posterior="autoregressive",
+        criteria=["variance"],
+        sampling_criteria=None,
+        imputer_epochs=400,
     )
     settings = acquisition._with_options(acquisition.QUICK, options)
     assert (settings.posterior, settings.criteria) == ("autoregressive", ("variance",))
     assert settings.imputer_max_iter == 400 and settings.train_rows == 10_000
-    defaults = argparse.Namespace(posterior="gaussian", criteria=None, imputer_epochs=None)
+    defaults = argparse.Namespace(
+        posterior="gaussian", criteria=None, sampling_criteria=None, imputer_epochs=None
+    )
     assert acquisition._with_options(acquisition.QUICK, defaults) == acquisition.QUICK
 
     curve = {"criterion": "variance", "rmse": [0.3] * 11, "decision_s_per_step": 0.01}
@@ -171,6 +176,37 @@ def test_acquisition_options_pick_the_imputer_and_criteria():
     assert "entropy" not in table.split("\n\n")[-1]
     assert "speed-up vs sampling (entropy)" not in table
     assert "| lookahead (variance) | 0.3000 | 0.3000 | 0.3000 | 1.000 | 0.01 | 1x |" in table
+
+
+def test_acquisition_sampling_rows_can_cover_a_criterion_without_a_network():
+    import argparse
+
+    from benchmarks import acquisition
+
+    options = argparse.Namespace(
+        posterior="autoregressive",
+        criteria=["variance"],
+        sampling_criteria=["variance", "entropy"],
+        imputer_epochs=None,
+    )
+    settings = acquisition._with_options(acquisition.QUICK, options)
+    assert settings.sampled == ("variance", "entropy") and settings.criteria == ("variance",)
+
+    def curve(criterion: str, seconds: float) -> dict:
+        return {"criterion": criterion, "rmse": [0.3] * 11, "decision_s_per_step": seconds}
+
+    results = {
+        "lookahead (variance)": curve("variance", 0.01),
+        "sampling (variance)": curve("variance", 0.5),
+        "sampling (entropy)": curve("entropy", 100.0),
+        "random": curve("variance", 0.001),
+    }
+    table = acquisition.markdown_table(results, settings, _acquisition_record(settings))
+    assert (
+        "| lookahead (variance) | 0.3000 | 0.3000 | 0.3000 | 1.000 | 0.01 | 50x | 10000x |" in table
+    )
+    assert "lookahead networks: variance 5 s (6 epochs)." in table
+    assert "every lookahead row also with sampling (entropy)" in table
 
 
 def _fake_measures(methods: tuple[str, ...], n: int, rng: np.random.Generator) -> dict:
