@@ -477,6 +477,47 @@ def bars(measures: dict[str, dict]) -> list[dict]:
     ]
 
 
+def paired_ll(measures: dict[str, dict]) -> dict[str, float | None]:
+    """Per-query differences of the query LL from HMC's, for planar and rejection.
+
+    The medians of two methods' LLs over the queries can swing by more than the methods
+    differ: near the median, queries sit about a nat apart, and each LL estimate carries
+    Monte Carlo noise, so the two medians may come from different queries. The median of
+    the per-query differences, and the share of queries where planar is at least HMC's,
+    compare the methods on the same queries.
+    """
+    hmc = np.asarray(measures["hmc"]["ll"], dtype=float)
+    paired = {}
+    for method in ("planar", "rejection"):
+        if method not in measures:
+            continue
+        difference = np.asarray(measures[method]["ll"], dtype=float) - hmc
+        finite = difference[np.isfinite(difference)]
+        paired[f"{method}_minus_hmc_median"] = float(np.median(finite)) if finite.size else None
+        paired[f"{method}_at_least_hmc_share"] = (
+            float(np.mean(finite >= 0)) if finite.size else None
+        )
+    return paired
+
+
+def _paired_note(record: dict) -> list[str]:
+    paired = record.get("paired_ll")
+    if not paired:
+        return []
+    parts = [
+        f"{method} − HMC: median {_cell(paired.get(f'{method}_minus_hmc_median'), '+.3f')} nats, "
+        f"{method} ≥ HMC on {_cell(_percent(paired.get(f'{method}_at_least_hmc_share')), '.0f')}% "
+        "of the queries"
+        for method in ("planar", "rejection")
+        if f"{method}_minus_hmc_median" in paired
+    ]
+    return [f"\nQuery LL per query, paired: {'; '.join(parts)} (rejection draws are exact).\n"]
+
+
+def _percent(share: float | None) -> float | None:
+    return None if share is None else 100 * share
+
+
 def _cell(value: float | None, spec: str) -> str:
     return "-" if value is None else format(value, spec)
 
@@ -581,6 +622,7 @@ def markdown_table(record: dict) -> str:
         *_failures(record["results"]),
         "\n## Bars\n\n",
         *_bar_rows(record),
+        *_paired_note(record),
         f"\n## Latent {settings['high_latent_dim']}, hidden "
         f"{tuple(settings['high_hidden_layer_sizes'])}\n\n",
         *_high_rows(record),
@@ -785,6 +827,7 @@ def main(argv: list[str] | None = None) -> None:
             "evidence_pixels": queries.observed.sum(axis=1).tolist(),
         },
         "bars": bars(low),
+        "paired_ll": paired_ll(low),
         "results": summarised(low),
         "exact": _jsonable(exact),
         "high": summarised(high),

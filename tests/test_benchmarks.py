@@ -254,6 +254,7 @@ def test_conditional_prior_report_has_every_method_and_the_bars(tmp_path):
             "total_s": 60.0,
         },
         "bars": conditional_prior.bars(low),
+        "paired_ll": conditional_prior.paired_ll(low),
         "results": conditional_prior.summarised(low),
         "exact": {"tv_floor": list(rng.random(n))},
         "high": conditional_prior.summarised(high),
@@ -271,6 +272,23 @@ def test_conditional_prior_report_has_every_method_and_the_bars(tmp_path):
     assert "| hmc | - | " in table and "| - / 80 |" in table
     assert "binarized MNIST, 5 random test queries with 20% random pixels as evidence" in table
     assert "## Latent 32, hidden (256,)" in table
+    assert "Query LL per query, paired: planar − HMC: median " in table
+
+
+def test_conditional_prior_pairs_the_query_ll_with_hmcs():
+    from benchmarks import conditional_prior
+
+    hmc = np.array([-100.0, -50.0, -120.0, -80.0])
+    measures = {
+        "hmc": {"ll": hmc},
+        "planar": {"ll": hmc + np.array([0.5, -0.1, 0.2, np.nan])},
+        "rejection": {"ll": hmc + np.array([0.3, 0.3, -0.3, 0.1])},
+    }
+    paired = conditional_prior.paired_ll(measures)
+    assert paired["planar_minus_hmc_median"] == pytest.approx(0.2)
+    assert paired["planar_at_least_hmc_share"] == pytest.approx(2 / 3)
+    assert paired["rejection_minus_hmc_median"] == pytest.approx(0.2)
+    assert paired["rejection_at_least_hmc_share"] == pytest.approx(0.75)
 
 
 def test_conditional_prior_figures_are_written(tmp_path):
