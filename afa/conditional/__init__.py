@@ -27,6 +27,7 @@ from afa.conditional._families import (
     conditional_elbo,
     conditional_elbo_terms,
     fit_conditional_prior,
+    quasi_random_noise,
     starting_means,
     whitened_noise,
 )
@@ -49,6 +50,7 @@ __all__ = [
     "minimize_adam",
     "minimize_lbfgs",
     "pseudo_gibbs_sample",
+    "quasi_random_noise",
     "rejection_sample",
     "starting_means",
     "whitened_noise",
