@@ -23,10 +23,12 @@ __all__ = [
 def resolve_device(name: str) -> torch.device:
     """Map ``"auto"``, ``"cpu"`` or ``"cuda"`` (optionally ``"cuda:1"``) to a device.
 
-    ``"auto"`` picks CUDA when it is available. Asking for CUDA without it is an error.
+    ``"auto"`` picks CUDA when it is available. Asking for CUDA without it is an error. A
+    CUDA device always carries its index (the current device's when none is given), so it
+    compares equal to the device of the tensors made on it.
     """
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        name = "cuda" if torch.cuda.is_available() else "cpu"
     if not isinstance(name, str) or name.split(":")[0] not in {"cpu", "cuda"}:
         raise ValueError(f"device must be 'auto', 'cpu' or 'cuda'; got {name!r}.")
     if name.startswith("cuda") and not torch.cuda.is_available():
@@ -34,7 +36,10 @@ def resolve_device(name: str) -> torch.device:
             f"device={name!r} was requested but CUDA is not available here (an estimator "
             "fitted on a GPU runs here after set_params(device='cpu'))."
         )
-    return torch.device(name)
+    device = torch.device(name)
+    if device.type == "cuda" and device.index is None:
+        return torch.device("cuda", torch.cuda.current_device())
+    return device
 
 
 def to_tensor(array: np.ndarray, device: torch.device) -> torch.Tensor:

@@ -238,8 +238,9 @@ class LookaheadAcquirer(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
         Range of the share of features observed in training states (drawn uniformly). Use a
         low range, e.g. ``(0, 0.2)``, when episodes stop after few acquisitions of many.
         For ``criterion="variance"``, half of each training batch's states are instead
-        points on the network's own greedy paths, as many actions along as this range
-        allows: the states acquisition will put it in.
+        points on the network's own greedy paths (by gain per unit of ``costs`` as set at
+        fit time), as many actions along as this range allows: the states acquisition will
+        put it in.
     hidden_layer_sizes : tuple of int or "auto", default="auto"
         Lookahead network trunk; ``"auto"`` copies the imputer's.
     max_iter : int or "auto", default="auto"
@@ -551,6 +552,7 @@ class LookaheadAcquirer(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
             self.actions_per_step,
             tuple(self.observed_fraction),
             self.criterion,
+            torch.as_tensor(self._resolve_costs(None), dtype=torch.float32),
         )
         n_validation = (
             max(1, round(self.validation_fraction * X.shape[0])) if self.early_stopping else 0

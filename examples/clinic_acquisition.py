@@ -140,14 +140,17 @@ def main(argv: list[str] | None = None) -> None:
     )
     # A small latent and the cheap Gaussian partial posterior suit 400 patients.
     imputer = PosteriorMatchingImputer(posterior="gaussian", latent_dim=4, random_state=0)
+    # keyed by column: a test's cost under any one of its columns (the target needs none)
+    costs = {f"mean {name}": cost for name, cost in COSTS.items()}
+    # costs given at fit time also shape the network's training: half of its states lie on
+    # its own greedy paths, which rank the tests by gain per unit cost
     acquirer = LookaheadAcquirer(
         imputer=imputer,
         target="malignant",
         groups=test_groups(table.columns),
+        costs=costs,
         random_state=0,
     ).fit(train)
-    # keyed by column: a test's cost under any one of its columns (the target needs none)
-    costs = {f"mean {name}": cost for name, cost in COSTS.items()}
 
     one_patient(acquirer, test[test["malignant"] == 1].iloc[0], costs)
 

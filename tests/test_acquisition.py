@@ -581,6 +581,52 @@ def test_variance_training_states_follow_the_networks_own_greedy_paths(imputer, 
     assert set(states.sum(1).tolist()) == {3}
 
 
+def test_own_greedy_paths_rank_actions_by_gain_per_unit_cost(imputer, monkeypatch):
+    from afa.models.lookahead import AcquisitionProblem, LookaheadNetwork, LookaheadObjective
+
+    problem = AcquisitionProblem(torch.eye(D, dtype=torch.bool))
+    network = LookaheadNetwork(D, 1, D, problem.n_scenarios, (8,))
+    gains = torch.tensor([5.0, 4.0, 3.0, 2.0, 1.0])
+    monkeypatch.setattr(network, "relative_gains", lambda x, state: gains.expand(len(x), D))
+    costs = torch.tensor([10.0, 1.0, 1.0, 2.0, 0.5])  # per unit: 0.5, 4, 3, 1, 2
+    objective = LookaheadObjective(
+        network, imputer.model_, problem, 8, 3, (0.0, 1.0), "variance", costs
+    )
+    states = objective._own_path_states(
+        torch.zeros(200, D), torch.ones(200, D, dtype=torch.bool), torch.Generator()
+    )
+    order = [1, 2, 4, 3, 0]
+    for state in states:
+        assert set(torch.nonzero(state).flatten().tolist()) == set(order[: int(state.sum())])
+    # equal gains per unit cost: the cheaper action first, as acquisition decides
+    tied = LookaheadObjective(
+        network, imputer.model_, problem, 8, 3, (0.2, 0.2), "variance", gains * 2
+    )
+    states = tied._own_path_states(
+        torch.zeros(5, D), torch.ones(5, D, dtype=torch.bool), torch.Generator()
+    )
+    assert states[:, 4].all() and states.sum() == 5
+
+
+def test_acquirer_trains_the_variance_network_on_paths_under_its_costs(
+    imputer, key_data, monkeypatch
+):
+    import afa.acquisition
+
+    seen = []
+
+    class Recording(afa.acquisition.LookaheadObjective):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            seen.append(self.costs)
+
+    monkeypatch.setattr(afa.acquisition, "LookaheadObjective", Recording)
+    costs = [1.0, 2.0, 3.0, 4.0, 0.5]
+    LookaheadAcquirer(imputer=imputer, costs=costs, max_iter=1, random_state=0).fit(key_data)
+    assert len(seen) == 1
+    torch.testing.assert_close(seen[0], torch.tensor(costs))
+
+
 def test_column_counts_are_the_same_with_and_without_the_one_column_shortcut():
     from afa.models.lookahead import AcquisitionProblem
 

@@ -444,6 +444,18 @@ def test_bernoulli_likelihood(data_nan):
         tiny_imputer(likelihood="bernoulli").fit(data_nan)
 
 
+@pytest.mark.parametrize("name", ["cuda", "auto"])
+def test_a_cuda_device_carries_its_index(monkeypatch, name):
+    # tensors made on "cuda" live on "cuda:N", and torch.device("cuda") != "cuda:0": without
+    # the index every call would see a model on another device and move it again
+    from afa._torch import resolve_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 1)
+    assert resolve_device(name) == torch.device("cuda", 1)
+    assert resolve_device("cuda:0") == torch.device("cuda", 0)
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
 def test_cuda_without_cuda_raises(data):
     with pytest.raises(ValueError, match="CUDA is not available"):

@@ -341,7 +341,8 @@ class LookaheadObjective(nn.Module):
     (plus "nothing"). For ``criterion="variance"``, fit the variance head to the sampling
     estimate of every action's share (:func:`variance_shares`) from ``n_completions`` draws;
     in training, half of each batch's states are instead points on the network's own greedy
-    paths, the states acquisition will put it in.
+    paths (the largest gain per unit of ``costs``, one per action, default 1), the states
+    acquisition will put it in.
 
     Only ``network`` is a registered submodule: the base model is kept out of the optimiser
     and out of ``train()``, so dropout in it stays off.
@@ -356,6 +357,7 @@ class LookaheadObjective(nn.Module):
         n_actions_per_step: int,
         observed_fraction: tuple[float, float],
         criterion: str = "entropy",
+        costs: torch.Tensor | None = None,
     ) -> None:
         super().__init__()
         if criterion not in CRITERIA:
@@ -367,6 +369,7 @@ class LookaheadObjective(nn.Module):
         self.n_completions = n_completions
         self.n_actions_per_step = min(n_actions_per_step, problem.n_actions)
         self.observed_fraction = observed_fraction
+        self.costs = torch.ones(problem.n_actions) if costs is None else costs
         self._targets: tuple[torch.Tensor, ...] | None = None
 
     def _acquisition_state(self, present: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
@@ -415,7 +418,9 @@ class LookaheadObjective(nn.Module):
         within ``observed_fraction`` of the actions along.
 
         Acquisition visits these states, not random ones (the chosen pixels cluster where
-        the gains are), so the variance head trains on them for half of each batch.
+        the gains are), so the variance head trains on them for half of each batch. Each
+        step takes the largest gain per unit cost, the cheapest among equals, as acquisition
+        does with the same costs (a budget is not known here).
         """
         low, high = self.observed_fraction
         n_actions = self.problem.n_actions
@@ -425,15 +430,19 @@ class LookaheadObjective(nn.Module):
             least, greatest + 1, (x.shape[0],), generator=generator, device=x.device
         )
         possible = self.problem.count_columns(~present) == 0  # the row has all its columns
+        costs = self.costs.to(x.device)
 
         state = torch.zeros_like(present)
         was_training = self.network.training
         self.network.eval()
         for step in range(int(lengths.max()) if len(lengths) else 0):
             available = self.problem.available(state) & possible
-            gains = self.network.relative_gains(x, state).masked_fill(~available, -math.inf)
+            gains = self.network.relative_gains(x, state)  # positive
+            scores = (gains / costs).masked_fill(~available, -math.inf)
+            best = scores == scores.amax(-1, keepdim=True)
+            choice = torch.where(best, costs, math.inf).argmin(-1)
             move = (step < lengths) & available.any(-1)
-            state = state | (move.unsqueeze(-1) & self.problem.actions[gains.argmax(-1)])
+            state = state | (move.unsqueeze(-1) & self.problem.actions[choice])
         self.network.train(was_training)
         return state
 
