@@ -219,6 +219,15 @@ def test_whitened_noise_has_exact_moments_and_needs_more_draws_than_dimensions()
         whitened_noise(4, 4, torch.Generator())
 
 
+def test_quasi_random_noise_takes_numpy_seeds_and_refuses_no_draws():
+    from afa.conditional import quasi_random_noise
+
+    torch.testing.assert_close(quasi_random_noise(8, 3, np.int64(5)), quasi_random_noise(8, 3, 5))
+    assert not torch.equal(quasi_random_noise(8, 3, 5), quasi_random_noise(8, 3, 6))
+    with pytest.raises(ValueError, match="n_draws must be at least 1"):
+        quasi_random_noise(0, 3, 5)
+
+
 @pytest.mark.parametrize("latent_dim", [2, 32])
 def test_quasi_random_noise_is_standard_normal_and_more_even_than_independent_draws(latent_dim):
     draws = quasi_random_noise(1024, latent_dim, seed=3).double()

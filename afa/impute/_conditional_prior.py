@@ -146,13 +146,14 @@ default=None
         Burn-in iterations of ``"hmc"`` and ``"pseudo_gibbs"`` (HMC: 10 leapfrog steps each).
     n_chains : int, default=32
         Parallel chains per row for ``"hmc"`` and ``"pseudo_gibbs"``.
-    n_samples : int, default=100
+    n_samples : int, default=128
         Latent draws for ``transform``, ``conditional_elbo`` and ``score_conditional``. For
         ``"gvi"``, ``"planar"`` and ``"fcn"`` they come from one scrambled-Sobol noise batch
         shared by the rows (randomised quasi-Monte Carlo): unbiased like independent draws,
         but far more accurate averages (on MNIST, 100 draws impute 6x closer to the
-        many-draw answer, and 500 score with a tenth of the spread). ``sample`` draws
-        independently.
+        many-draw answer, and 500 score with a tenth of the spread). Prefer a power of 2,
+        where the batch is balanced: 128 draws imputed 2.5x closer than 100, and 100 no
+        closer than 64. ``sample`` draws independently.
     latent_dim, hidden_layer_sizes, likelihood, decoder_scale, dropout, batch_size, \
 learning_rate_init, early_stopping : see :class:`PosteriorMatchingImputer`
         The VAE fitted when ``base`` is None.
@@ -208,7 +209,7 @@ learning_rate_init, early_stopping : see :class:`PosteriorMatchingImputer`
         learning_rate: float = 1e-2,
         n_burnin: int = 500,
         n_chains: int = 32,
-        n_samples: int = 100,
+        n_samples: int = 128,
         latent_dim: int | str = "auto",
         hidden_layer_sizes: tuple[int, ...] | str = "auto",
         likelihood: str = "gaussian",
