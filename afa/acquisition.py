@@ -520,16 +520,16 @@ class LookaheadAcquirer(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
             for group in self.actions_:
                 if self.target_index_ in group and len(group) > 1:
                     raise ValueError("The target column must not be part of a group.")
-        self._resolve_costs(None)
+        costs = self._resolve_costs(None)  # checked before any training
         self.lookahead_ = None
         self.lookahead_criterion_ = None
         self.history_: dict[str, list[float]] = {}
         self.n_iter_ = 0
         if self.strategy == "lookahead":
-            self._fit_lookahead(X)
+            self._fit_lookahead(X, costs)
         return self
 
-    def _fit_lookahead(self, X: np.ndarray) -> None:
+    def _fit_lookahead(self, X: np.ndarray, costs: np.ndarray) -> None:
         imputer = self.imputer_
         observed = ~np.isnan(X)
         x, present = imputer._tensors(X, observed)
@@ -552,7 +552,7 @@ class LookaheadAcquirer(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
             self.actions_per_step,
             tuple(self.observed_fraction),
             self.criterion,
-            torch.as_tensor(self._resolve_costs(None), dtype=torch.float32),
+            torch.as_tensor(costs, dtype=torch.float32),
         )
         n_validation = (
             max(1, round(self.validation_fraction * X.shape[0])) if self.early_stopping else 0
